@@ -1,0 +1,1 @@
+"""The unprivileged half: owns the QEMU socket, validates, forwards to the worker."""

@@ -1,0 +1,241 @@
+"""The broker's socket shell: accept QEMU clients and drive one ServerConnection each.
+
+All parsing is in shared.qemu_protocol and all decisions in shared.policy; this file
+only moves bytes, fds and replies. One request at a time per connection; any number of
+connections at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+from broker.trace import Tracer
+from broker.worker_client import WorkerClient, WorkerLost
+from shared import fdcheck, fdpass
+from shared.errors import QemuProtocolError
+from shared.messages import Refused
+from shared.policy import FdFacts, FdKind, check_request
+from shared.qemu_protocol import (
+    NEED_DATA,
+    Closed,
+    FeaturesAgreed,
+    PrReply,
+    PrRequest,
+    ReadSpec,
+    ServerConnection,
+)
+from shared.scsi import Opcode, Sense, Status, service_action
+
+log = logging.getLogger("prguard.broker")
+
+#: QEMU's own reader takes up to 16 fds per message; more means MSG_CTRUNC.
+CLIENT_MAX_FDS = 16
+CLIENT_ANCILLARY = socket.CMSG_SPACE(CLIENT_MAX_FDS * 4)
+UCRED = struct.Struct("3i")
+
+
+@dataclass(frozen=True)
+class Peer:
+    """SO_PEERCRED of a client: who opened the connection."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} uid {self.uid} gid {self.gid}"
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    pid, uid, gid = UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                 UCRED.size))
+    return Peer(pid, uid, gid)
+
+
+def describe(cdb: bytes) -> str:
+    name = "PR IN" if cdb[0] == Opcode.PERSISTENT_RESERVE_IN else "PR OUT"
+    return f"{name} sa {service_action(cdb):#04x} len {int.from_bytes(cdb[7:9], 'big')}"
+
+
+def sense_text(reply: PrReply) -> str:
+    if reply.status != Status.CHECK_CONDITION:
+        return "-"
+    return f"{reply.sense[2] & 0xF:02x}/{reply.sense[12]:02x}/{reply.sense[13]:02x}"
+
+
+class ClientStream:
+    """Non-blocking reads sized by the protocol, with or without a control buffer."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+
+    async def read(self, spec: ReadSpec) -> tuple[bytes, list[int], bool]:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if not spec.with_fds:
+                    # No control buffer: the kernel discards any fds sent with these bytes.
+                    return self.sock.recv(spec.max_bytes), [], False
+                data, anc, flags, _ = self.sock.recvmsg(spec.max_bytes, CLIENT_ANCILLARY,
+                                                        socket.MSG_CMSG_CLOEXEC)
+                return data, fdpass.fds_from_ancillary(anc), bool(flags & socket.MSG_CTRUNC)
+            except (BlockingIOError, InterruptedError):
+                readable: asyncio.Future[None] = loop.create_future()
+                loop.add_reader(self.sock.fileno(), readable.set_result, None)
+                try:
+                    await readable
+                finally:
+                    loop.remove_reader(self.sock.fileno())
+
+    async def write(self, data: bytes) -> None:
+        await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+
+class Broker:
+    """Serves QEMU clients until told to stop or until the worker is lost."""
+
+    def __init__(self, worker: WorkerClient, sysfs_block_fd: int, tracer: Tracer) -> None:
+        self._worker = worker
+        self._sysfs_block_fd = sysfs_block_fd
+        self._tracer = tracer
+        self._clients: set[asyncio.Task[None]] = set()
+        self._active_requests = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+        self._listener: socket.socket | None = None
+
+    # -- accepting ---------------------------------------------------------------------
+
+    def listen(self, listener: socket.socket) -> None:
+        listener.setblocking(False)
+        self._listener = listener
+        asyncio.get_running_loop().add_reader(listener.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        try:
+            sock, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        except OSError as exc:
+            log.error("accept failed: %s", exc.strerror)
+            return
+        task = asyncio.get_running_loop().create_task(self._serve_client(sock))
+        self._clients.add(task)
+        task.add_done_callback(self._clients.discard)
+
+    def stop_accepting(self) -> None:
+        """No new clients; requests already read are finished and answered."""
+        self._stopping = True
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+
+    async def drain(self) -> None:
+        """Wait until no request is between its last byte read and its reply sent."""
+        await self._idle.wait()
+
+    async def cancel_clients(self) -> None:
+        for task in list(self._clients):
+            task.cancel()
+        await asyncio.gather(*self._clients, return_exceptions=True)
+
+    # -- one client --------------------------------------------------------------------
+
+    async def _serve_client(self, sock: socket.socket) -> None:
+        stream = ClientStream(sock)
+        conn = ServerConnection()
+        reason = "closed by the client"
+        try:
+            peer = peer_of(sock)
+        except OSError:
+            peer = Peer(0, -1, -1)
+        self._tracer.emit("prguard_client_connect", pid=peer.pid, uid=peer.uid, gid=peer.gid)
+        log.debug("client connected: %s", peer)
+        try:
+            await stream.write(conn.initiate())
+            while not self._stopping:
+                event = conn.next_event()
+                if event is NEED_DATA:
+                    data, fds, truncated = await stream.read(conn.wanted())
+                    conn.receive_data(data, fds, truncated)
+                elif isinstance(event, FeaturesAgreed):
+                    continue
+                elif isinstance(event, Closed):
+                    break
+                elif isinstance(event, PrRequest):
+                    await self._serve_request(stream, conn, event, peer)
+        except QemuProtocolError as exc:
+            reason = exc.reason
+            if exc.message:
+                log.warning("%s", exc.message)
+            log.info("%s: closing connection: %s", peer, exc.reason)
+        except OSError as exc:
+            reason = f"socket error: {exc.strerror}"
+            log.info("%s: %s", peer, reason)
+        finally:
+            fdpass.close_all(conn.take_fds())
+            sock.close()
+            self._tracer.emit("prguard_client_close", pid=peer.pid, reason=repr(reason))
+
+    async def _serve_request(self, stream: ClientStream, conn: ServerConnection,
+                             request: PrRequest, peer: Peer) -> None:
+        self._active_requests += 1
+        self._idle.clear()
+        try:
+            try:
+                self._tracer.emit("prguard_request", pid=peer.pid, opcode=hex(request.cdb[0]),
+                                  sa=hex(service_action(request.cdb)),
+                                  length=request.transfer_length)
+                reply = await self._answer(request, peer)
+            finally:
+                os.close(request.fd)
+            self._tracer.emit("prguard_reply", pid=peer.pid, status=hex(reply.status),
+                              sense=sense_text(reply), size=len(reply.data))
+            await stream.write(conn.send_reply(reply))
+        finally:
+            self._active_requests -= 1
+            if not self._active_requests:
+                self._idle.set()
+
+    async def _answer(self, request: PrRequest, peer: Peer) -> PrReply:
+        try:
+            facts = fdcheck.inspect_fd(request.fd, self._sysfs_block_fd)
+        except OSError:
+            facts = FdFacts(FdKind.OTHER, read_only=True)
+        verdict = check_request(request.cdb, facts)
+        if verdict is not None:
+            reply = PrReply(verdict.status, verdict.sense_bytes)
+            self._tracer.emit("prguard_refused", pid=peer.pid, reason=repr(verdict.reason),
+                              status=hex(reply.status), sense=str(verdict.sense))
+            log.info("%s: %s -> %s (%s)", peer, describe(request.cdb), verdict.sense,
+                     verdict.reason)
+            return reply
+        try:
+            answer = await self._worker.sg_io(request.cdb, request.parameter_list, request.fd)
+        except WorkerLost as exc:
+            log.error("%s: %s: outcome unknown, worker lost (%s)", peer,
+                      describe(request.cdb), exc)
+            return PrReply(Status.CHECK_CONDITION, Sense.LUN_COMM_FAILURE.fixed_format())
+        if isinstance(answer, Refused):
+            log.warning("%s: %s refused by the worker: %s", peer, describe(request.cdb),
+                        answer.reason)
+            return PrReply(answer.status, answer.sense)
+        pr_in = request.opcode is Opcode.PERSISTENT_RESERVE_IN
+        if answer.data and (not pr_in or len(answer.data) > request.transfer_length
+                            or answer.status != Status.GOOD):
+            log.error("%s: worker answered %d data bytes for %s; not passed on", peer,
+                      len(answer.data), describe(request.cdb))
+            return PrReply(Status.CHECK_CONDITION, Sense.LUN_COMM_FAILURE.fixed_format())
+        reply = PrReply(answer.status, answer.sense, answer.data)
+        log.info("%s: %s -> status %#04x sense %s, %d bytes", peer, describe(request.cdb),
+                 reply.status, sense_text(reply), len(reply.data))
+        return reply

@@ -1,0 +1,3 @@
+from prguard.main import entry
+
+entry()

@@ -1,0 +1,47 @@
+"""Facts about a received fd, from fcntl(F_GETFL) and fstat, never from a path.
+
+The one piece of filesystem access is whether a block device is a partition, answered by
+`<major>:<minor>/partition` under /sys/dev/block, looked up relative to a directory fd the
+process opened before it locked itself down.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+
+from shared.policy import FdFacts, FdKind, read_only
+
+SYS_DEV_BLOCK = "/sys/dev/block"
+#: Character major of the SCSI generic driver (Documentation/admin-guide/devices.txt).
+SCSI_GENERIC_MAJOR = 21
+
+
+def open_sysfs_block() -> int:
+    """A directory fd of /sys/dev/block for later partition checks."""
+    return os.open(SYS_DEV_BLOCK, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def is_partition(rdev: int, sysfs_block_fd: int) -> bool:
+    name = f"{os.major(rdev)}:{os.minor(rdev)}/partition"
+    try:
+        os.stat(name, dir_fd=sysfs_block_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def inspect_fd(fd: int, sysfs_block_fd: int) -> FdFacts:
+    """Classify `fd`. OSError from fcntl/fstat propagates (a bad fd is the caller's bug)."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    st = os.fstat(fd)
+    if flags & os.O_PATH:
+        kind = FdKind.OTHER
+    elif stat.S_ISBLK(st.st_mode):
+        kind = FdKind.PARTITION if is_partition(st.st_rdev, sysfs_block_fd) else FdKind.BLOCK_DISK
+    elif stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == SCSI_GENERIC_MAJOR:
+        kind = FdKind.SCSI_GENERIC
+    else:
+        kind = FdKind.OTHER
+    return FdFacts(kind, read_only(flags), st.st_rdev)

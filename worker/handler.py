@@ -1,0 +1,58 @@
+"""What the worker does with one datagram: decode, re-validate, run, answer.
+
+Pure decisions over the datagram and fd facts; the SG_IO itself is injected so the
+scheduler can run it on a pool thread and tests can see every refusal without a device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shared.errors import ChannelError
+from shared.messages import Malformed, Message, Refused, SgIoRequest, SgIoResult, decode
+from shared.policy import FdFacts, check_framing, check_request
+from shared.scsi import Opcode, Sense, Status, transfer_length
+from worker.outcome import map_outcome
+from worker.sgio import SgIoOutcome
+
+
+@dataclass(frozen=True)
+class Job:
+    """A request that passed every check and may go to the device."""
+
+    request: SgIoRequest
+    fd: int
+    rdev: int
+
+
+def screen(datagram: bytes, fd: int | None, facts: FdFacts | None) -> Job | Message:
+    """Turn a datagram into a Job, or into the answer that refuses it.
+
+    `facts` is None when there was no fd (or it could not be inspected).
+    """
+    try:
+        message = decode(datagram)
+    except ChannelError as exc:
+        return Malformed(str(exc)[:200])
+    if not isinstance(message, SgIoRequest):
+        return Malformed(f"{type(message).__name__} is not a request")
+    request = message
+    problem = check_framing(request.cdb, len(request.data))
+    if problem is None and (fd is None or facts is None):
+        problem = "no usable fd with the request"
+    if problem is not None:
+        return Refused(request.id, Status.CHECK_CONDITION, Sense.INVALID_FIELD.fixed_format(),
+                       problem)
+    assert fd is not None and facts is not None
+    verdict = check_request(request.cdb, facts)
+    if verdict is not None:
+        return Refused(request.id, verdict.status, verdict.sense_bytes, verdict.reason)
+    return Job(request, fd, facts.rdev)
+
+
+def run(job: Job, sg_io: Callable[[int, bytes, bytes], SgIoOutcome]) -> SgIoResult:
+    cdb = job.request.cdb
+    outcome = sg_io(job.fd, cdb, job.request.data)
+    reply = map_outcome(outcome, transfer_length(cdb), cdb[0] == Opcode.PERSISTENT_RESERVE_IN)
+    return SgIoResult(job.request.id, reply.status, reply.sense, reply.data)
