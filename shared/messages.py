@@ -49,7 +49,7 @@ class Message:
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if type(value) is not int or not low <= value <= high:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ChannelError(f"{name} must be an int in [{low}, {high}]")
 
 

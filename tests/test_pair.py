@@ -1,0 +1,89 @@
+"""The real broker/worker pair on a temporary socket, with real fds of every kind."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from shared.scsi import Sense, Status
+from tests.helpers import Client, Helper, children, pr_in_cdb, pr_out_cdb
+
+INVALID_FIELD = Sense.INVALID_FIELD.fixed_format()  # what the loop driver's EINVAL maps to
+IO_ERROR = Sense.IO_ERROR.fixed_format()
+INVALID_OPCODE = Sense.INVALID_OPCODE.fixed_format()
+
+
+def test_pr_in_on_loop_device_reaches_sg_io(prguard: Helper, fd_zoo: dict[str, int]) -> None:
+    with Client(prguard.path) as client:
+        assert client.features == 0
+        status, sense, data = client.request(pr_in_cdb(0, 24), fd_zoo["loop"])
+    assert (status, sense, data) == (Status.CHECK_CONDITION, INVALID_FIELD, b"")
+
+
+def test_pr_out_on_loop_device_reaches_sg_io(prguard: Helper, fd_zoo: dict[str, int]) -> None:
+    with Client(prguard.path) as client:
+        status, sense, data = client.request(pr_out_cdb(0, 24), fd_zoo["loop"], bytes(24))
+    assert (status, sense, data) == (Status.CHECK_CONDITION, INVALID_FIELD, b"")
+
+
+@pytest.mark.parametrize("kind", ["file", "devnull", "dir", "pipe_r", "socket", "opath",
+                                  "part"])
+def test_non_scsi_fds_are_refused_with_the_enotty_answer(
+        prguard: Helper, fd_zoo: dict[str, int], kind: str) -> None:
+    with Client(prguard.path) as client:
+        assert client.request(pr_in_cdb(), fd_zoo[kind]) == (Status.CHECK_CONDITION,
+                                                             IO_ERROR, b"")
+
+
+@pytest.mark.parametrize("kind", ["loop_ro", "file_ro", "opath", "pipe_r"])
+def test_pr_out_on_read_only_fd_is_invalid_opcode(
+        prguard: Helper, fd_zoo: dict[str, int], kind: str) -> None:
+    with Client(prguard.path) as client:
+        status, sense, _ = client.request(pr_out_cdb(0, 24), fd_zoo[kind], bytes(24))
+    assert (status, sense) == (Status.CHECK_CONDITION, INVALID_OPCODE)
+
+
+def test_pr_in_on_read_only_fd_goes_to_the_device(prguard: Helper,
+                                                  fd_zoo: dict[str, int]) -> None:
+    with Client(prguard.path) as client:
+        assert client.request(pr_in_cdb(), fd_zoo["loop_ro"])[:2] == (Status.CHECK_CONDITION,
+                                                                      INVALID_FIELD)
+
+
+@pytest.mark.parametrize(("cdb", "data"), [
+    (pr_in_cdb(0x04), b""),
+    (pr_in_cdb(0x1F), b""),
+    (pr_out_cdb(0x09, 24), bytes(24)),
+    (pr_out_cdb(0x1F, 0), b""),
+])
+def test_undefined_service_actions_are_invalid_field(
+        prguard: Helper, fd_zoo: dict[str, int], cdb: bytes, data: bytes) -> None:
+    with Client(prguard.path) as client:
+        assert client.request(cdb, fd_zoo["loop"], data) == (Status.CHECK_CONDITION,
+                                                             INVALID_FIELD, b"")
+
+
+def test_many_requests_on_one_connection_leak_no_fd(prguard: Helper,
+                                                    fd_zoo: dict[str, int]) -> None:
+    (worker,) = children(prguard.pid)
+    with Client(prguard.path) as client:
+        client.request(pr_in_cdb(), fd_zoo["loop"])
+        base = (len(os.listdir(f"/proc/{prguard.pid}/fd")),
+                len(os.listdir(f"/proc/{worker}/fd")))
+        for kind in ["loop", "file", "loop_ro", "part"] * 25:
+            client.request(pr_out_cdb(0, 24), fd_zoo[kind], bytes(24))
+            client.request(pr_in_cdb(), fd_zoo[kind])
+        after = (len(os.listdir(f"/proc/{prguard.pid}/fd")),
+                 len(os.listdir(f"/proc/{worker}/fd")))
+    assert after == base
+
+
+def test_worker_holds_only_sys_rawio_and_broker_nothing(prguard: Helper) -> None:
+    from tests.helpers import proc_status
+    (worker,) = children(prguard.pid)
+    broker_status, worker_status = proc_status(prguard.pid), proc_status(worker)
+    for field in ("CapPrm", "CapEff", "CapInh", "CapBnd", "CapAmb"):
+        assert int(broker_status[field], 16) == 0, field
+    assert int(worker_status["CapEff"], 16) == int(worker_status["CapPrm"], 16) == 1 << 17
+    assert broker_status["NoNewPrivs"] == worker_status["NoNewPrivs"] == "1"
