@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from shared.errors import QemuProtocolError
 from shared.qemu_protocol import (
-    NEED_DATA,
     INVALID_CDB_MESSAGE,
+    NEED_DATA,
     NO_FD_MESSAGE,
     SHORT_DATA_MESSAGE,
     ClientConnection,
