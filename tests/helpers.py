@@ -159,6 +159,11 @@ class Pause:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Shutdown:
+    """Half-close: the helper reads EOF, we can still read its answer."""
+
+
 @dataclass
 class Transcript:
     """What a helper did in answer to a script: bytes per Recv, and whether it closed."""
@@ -184,7 +189,10 @@ def _recv_some(sock: socket.socket, size: int, quiet: float) -> tuple[bytes, boo
     return bytes(got), False
 
 
-def run_script(path: str, steps: Sequence[Send | Recv | Pause], fds: dict[str, int],
+Step = Send | Recv | Pause | Shutdown
+
+
+def run_script(path: str, steps: Sequence[Step], fds: dict[str, int],
                quiet: float = 1.0, eof_wait: float = 1.0) -> Transcript:
     """Connect, run the steps, then wait `eof_wait` seconds to see whether it closes."""
     t = Transcript()
@@ -193,6 +201,8 @@ def run_script(path: str, steps: Sequence[Send | Recv | Pause], fds: dict[str, i
         for index, step in enumerate(steps):
             if isinstance(step, Pause):
                 time.sleep(step.seconds)
+            elif isinstance(step, Shutdown):
+                sock.shutdown(socket.SHUT_WR)
             elif isinstance(step, Send):
                 try:
                     send_with_fds(sock, step.data, [fds[n] for n in step.fds])
