@@ -17,13 +17,14 @@ from dataclasses import dataclass
 
 from broker.server import Broker
 from broker.trace import Tracer
-from broker.worker_client import WorkerClient, WorkerLost
+from broker.worker_client import WorkerClient, await_ready
 from shared import fdcheck, privileges
 from shared.privileges import Identity
 
 log = logging.getLogger("prguard.broker")
 
 WORKER_EXIT_GRACE = 2.0
+WORKER_START_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,17 @@ class BrokerConfig:
 
 def run(listener: socket.socket, channel: socket.socket, config: BrokerConfig,
         worker_pid: int) -> int:
+    """Wait for the worker first: if it cannot drop privileges it says so, once."""
+    if await_ready(channel, WORKER_START_TIMEOUT) is None:
+        _unlink(config.created_path)
+        _reap(worker_pid)
+        return 1
     try:
         sysfs_block = fdcheck.open_sysfs_block()
         privileges.drop(config.identity, ())
     except (OSError, privileges.PrivilegeError) as exc:
         log.error("%s", exc)
+        channel.close()
         _unlink(config.created_path)
         _reap(worker_pid)
         return 1
@@ -57,13 +64,6 @@ async def _serve(listener: socket.socket, channel: socket.socket, config: Broker
     worker = WorkerClient(channel)
     worker.start()
     assert worker.lost is not None
-    try:
-        await worker.wait_ready()
-    except WorkerLost as exc:
-        log.error("the worker failed to start: %s", exc)
-        listener.close()
-        _unlink(config.created_path)
-        return 1
     broker = Broker(worker, sysfs_block, config.tracer)
     broker.listen(listener)
     stop: asyncio.Future[int] = loop.create_future()

@@ -1,13 +1,16 @@
 """prguard's named trace events and the -T/--trace option that selects them.
 
 Same option forms as QEMU's: `[[enable=]PATTERN][,events=FILE][,file=FILE]`, repeatable;
-PATTERN is a glob over event names, a leading '-' disables. `-T help` lists the events.
+PATTERN is a glob over event names, a leading '-' disables; an events file has one
+pattern per line. `-T help` lists the events. Lines go to stderr or the file= file as
+`<event> <unix time> key=value ...`.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -23,36 +26,69 @@ EVENTS: dict[str, str] = {
 
 
 class TraceOptionError(ValueError):
-    pass
+    """A -T problem. `located` messages already carry their `file:line` prefix."""
+
+    def __init__(self, message: str, located: bool = False) -> None:
+        super().__init__(message)
+        self.located = located
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
 
 
 @dataclass
 class TraceSpec:
-    """Accumulated -T options."""
+    """-T options, applied in order as QEMU applies them."""
 
-    patterns: list[str] = field(default_factory=list)
-    events_files: list[str] = field(default_factory=list)
+    enabled: set[str] = field(default_factory=set)
     output: str | None = None
     want_help: bool = False
 
-    def add(self, option: str) -> None:
+    def enable(self, pattern: str) -> bool:
+        """Apply one pattern; False if it names no event (QEMU then warns)."""
+        negate = pattern.startswith("-")
+        glob = pattern[1:] if negate else pattern
+        matched = {name for name in EVENTS if fnmatch.fnmatchcase(name, glob)}
+        if negate:
+            self.enabled -= matched
+        else:
+            self.enabled |= matched
+        return bool(matched) or _is_glob(glob)
+
+    def add(self, option: str, warn: Callable[[str], None]) -> None:
+        """One -T argument. `warn` gets each warning as the text that follows `<prog>:`."""
         for part in option.split(","):
             if not part:
                 continue
             key, sep, value = part.partition("=")
-            if not sep:
-                if part == "help":
+            if not sep or key == "enable":
+                pattern = value if sep else part
+                if pattern == "help":
                     self.want_help = True
-                else:
-                    self.patterns.append(part)
-            elif key == "enable":
-                self.patterns.append(value)
+                elif not self.enable(pattern):
+                    warn(f" warning: trace event '{pattern}' does not exist")
             elif key == "events":
-                self.events_files.append(value)
+                self._events_file(value, warn)
             elif key == "file":
                 self.output = value
             else:
                 raise TraceOptionError(f"Invalid parameter '{key}'")
+
+    def _events_file(self, path: str, warn: Callable[[str], None]) -> None:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                lines = f.read().splitlines()
+        except IsADirectoryError:
+            lines = []  # QEMU reads a directory as an empty list
+        except OSError as exc:
+            raise TraceOptionError(f"{path}: {exc.strerror}", located=True) from None
+        for number, line in enumerate(lines, 1):
+            pattern = line.strip()
+            if not pattern or pattern.startswith("#"):
+                continue
+            if not self.enable(pattern):
+                warn(f"{path}:{number}: warning: trace event '{pattern}' does not exist")
 
 
 def help_text() -> str:
@@ -82,16 +118,3 @@ class Tracer:
             self._sink.flush()
         except OSError:
             pass  # a closed trace sink (stderr pipe gone) must not stop service
-
-
-def resolve(patterns: list[str], warn: list[str]) -> frozenset[str]:
-    """Event names the patterns enable; unknown literal names are reported in `warn`."""
-    enabled: set[str] = set()
-    for pattern in patterns:
-        negate = pattern.startswith("-")
-        glob = pattern[1:] if negate else pattern
-        matched = {name for name in EVENTS if fnmatch.fnmatchcase(name, glob)}
-        if not matched and not any(c in glob for c in "*?["):
-            warn.append(f"trace event '{glob}' does not exist")
-        enabled = enabled - matched if negate else enabled | matched
-    return frozenset(enabled)

@@ -25,6 +25,23 @@ class WorkerLost(Exception):
     """The worker is gone or broke the channel protocol; `reason` says which."""
 
 
+def await_ready(channel: socket.socket, timeout: float) -> int | None:
+    """Block until the worker reports it has dropped privileges; its pid, or None if it
+    exited first (it has then said why on stderr) or sent anything else."""
+    channel.settimeout(timeout)
+    try:
+        got = fdpass.recv_message(channel)
+    except (OSError, ChannelError):
+        return None
+    if got is None or got[1] is not None:
+        return None
+    try:
+        message = decode(got[0])
+    except ChannelError:
+        return None
+    return message.pid if isinstance(message, Ready) else None
+
+
 class WorkerClient:
     def __init__(self, channel: socket.socket) -> None:
         channel.setblocking(False)
@@ -32,23 +49,12 @@ class WorkerClient:
         self._ids = itertools.count(1)
         self._last_id = 0
         self._pending: dict[int, asyncio.Future[Answer]] = {}
-        self._ready: asyncio.Future[int] | None = None
         self.lost: asyncio.Future[str] | None = None
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._ready = loop.create_future()
         self.lost = loop.create_future()
         loop.add_reader(self._channel.fileno(), self._on_readable)
-
-    async def wait_ready(self) -> int:
-        """The worker's pid once it has dropped privileges; WorkerLost if it never does."""
-        assert self._ready is not None and self.lost is not None
-        waiters: set[asyncio.Future[int] | asyncio.Future[str]] = {self._ready, self.lost}
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        if self._ready.done():
-            return self._ready.result()
-        raise WorkerLost(self.lost.result())
 
     @property
     def in_flight(self) -> int:
@@ -107,9 +113,7 @@ class WorkerClient:
         except ChannelError as exc:
             self._lose(f"undecodable answer from the worker: {exc}")
             return
-        if isinstance(message, Ready) and self._ready is not None and not self._ready.done():
-            self._ready.set_result(message.pid)
-        elif isinstance(message, (SgIoResult, Refused)) and message.id in self._pending:
+        if isinstance(message, (SgIoResult, Refused)) and message.id in self._pending:
             future = self._pending[message.id]
             if not future.done():
                 future.set_result(message)

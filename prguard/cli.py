@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import grp
 import pwd
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from broker.trace import TraceOptionError, TraceSpec
@@ -21,6 +22,8 @@ DEFAULT_SG_TIMEOUT = 30.0
 DEFAULT_SG_THREADS = 16
 DEFAULT_SG_PER_DEVICE = 4
 
+#: -u/-g value meaning "keep the current id" (uid_t)-1, accepted as the C helper does.
+NO_CHANGE = 2**32 - 1
 SHORT_WITH_ARG = set("kfTug")
 SHORT_FLAGS = set("hVdvq")
 #: The C helper's long options: name -> short letter.
@@ -33,15 +36,22 @@ OWN_LONG = {"sg-timeout", "sg-threads", "sg-per-device"}
 
 
 class UsageError(Exception):
-    """A command-line mistake: one line on stderr, the --help hint, exit 1."""
+    """A command-line mistake: one line on stderr, exit 1.
 
-    def __init__(self, message: str, hint: bool = True) -> None:
+    `getopt` errors are glibc's: prefixed with argv[0] verbatim and followed by the
+    --help hint; the others are error_report lines, prefixed with basename(argv[0]).
+    `located` messages already carry `file:line` and follow the prefix without a space.
+    """
+
+    def __init__(self, message: str, getopt: bool = False, located: bool = False) -> None:
         super().__init__(message)
-        self.hint = hint
+        self.getopt = getopt
+        self.located = located
 
 
 @dataclass
 class Options:
+    #: -h, -V and -T help act the moment they are parsed, as in the C helper.
     help: bool = False
     version: bool = False
     daemon: bool = False
@@ -81,7 +91,7 @@ def resolve_user(text: str) -> int:
         pass
     value = _number(text)
     if value is None or value >= 2**32 - 1:
-        raise UsageError(f"invalid user '{text}'", hint=False)
+        raise UsageError(f"invalid user '{text}'")
     return value
 
 
@@ -91,8 +101,8 @@ def resolve_group(text: str) -> int:
     except KeyError:
         pass
     value = _number(text)
-    if value is None or value >= 2**32 - 1:
-        raise UsageError(f"invalid group '{text}'", hint=False)
+    if value is None or value >= 2**32:
+        raise UsageError(f"invalid group '{text}'")
     return value
 
 
@@ -102,11 +112,11 @@ def _positive(name: str, text: str, kind: type[int] | type[float]) -> float:
     except ValueError:
         raise UsageError(f"--{name} needs a positive number, not '{text}'") from None
     if not value > 0 or value > 24 * 3600:
-        raise UsageError(f"--{name} needs a positive number, not '{text}'")
+        raise UsageError(f"--{name} needs a positive number up to 86400, not '{text}'")
     return value
 
 
-def _apply(opts: Options, key: str, value: str | None) -> None:
+def _apply(opts: Options, key: str, value: str | None, warn: Callable[[str], None]) -> None:
     """Apply one option; `key` is a short letter or one of OWN_LONG."""
     if key == "h":
         opts.help = True
@@ -121,23 +131,25 @@ def _apply(opts: Options, key: str, value: str | None) -> None:
     elif key == "k":
         assert value is not None
         if not value.startswith("/"):
-            raise UsageError("socket path must be absolute", hint=False)
+            raise UsageError("socket path must be absolute")
         opts.socket_path, opts.socket_given = value, True
     elif key == "f":
         assert value is not None
         opts.pidfile, opts.pidfile_given = value, True
     elif key == "u":
         assert value is not None
-        opts.uid = resolve_user(value)
+        uid = resolve_user(value)
+        opts.uid = None if uid == NO_CHANGE else uid
     elif key == "g":
         assert value is not None
-        opts.gid = resolve_group(value)
+        gid = resolve_group(value)
+        opts.gid = None if gid == NO_CHANGE else gid
     elif key == "T":
         assert value is not None
         try:
-            opts.trace.add(value)
+            opts.trace.add(value, warn)
         except TraceOptionError as exc:
-            raise UsageError(str(exc), hint=False) from None
+            raise UsageError(str(exc), located=exc.located) from None
     elif key == "sg-timeout":
         assert value is not None
         opts.sg_timeout = _positive(key, value, float)
@@ -160,12 +172,20 @@ def _long(name: str) -> str:
         return C_LONG[matches[0]]
     if len(matches) > 1:
         raise UsageError(f"option '--{name}' is ambiguous; possibilities: "
-                         + " ".join(f"'--{m}'" for m in matches), hint=True)
-    raise UsageError(f"unrecognized option '--{name}'")
+                         + " ".join(f"'--{m}'" for m in matches), getopt=True)
+    raise UsageError(f"unrecognized option '--{name}'", getopt=True)
 
 
-def parse(argv: list[str]) -> Options:
-    """Parse argv[1:]. Raises UsageError for anything getopt_long would reject."""
+def _done(opts: Options) -> bool:
+    return opts.help or opts.version or opts.trace.want_help
+
+
+def parse(argv: list[str], warn: Callable[[str], None]) -> Options:
+    """Parse argv[1:] left to right, stopping at -h, -V or -T help as the C helper does.
+
+    Raises UsageError at the first option the C helper would reject; `warn` gets
+    -T warnings as they occur (the text after `<prog>:`).
+    """
     opts = Options()
     words = list(argv)
     i = 0
@@ -176,13 +196,21 @@ def parse(argv: list[str]) -> Options:
             break
         if word.startswith("--"):
             name, eq, inline = word[2:].partition("=")
-            key = _long(name)
+            try:
+                key = _long(name)
+            except UsageError as exc:
+                if eq and "unrecognized" in str(exc):
+                    raise UsageError(f"unrecognized option '{word}'", getopt=True) from None
+                raise
             takes_arg = key in SHORT_WITH_ARG or key in OWN_LONG
             full = next((n for n, k in C_LONG.items() if k == key), key)
             if not takes_arg:
                 if eq:
-                    raise UsageError(f"option '--{full}' doesn't allow an argument")
-                _apply(opts, key, None)
+                    raise UsageError(f"option '--{full}' doesn't allow an argument",
+                                     getopt=True)
+                _apply(opts, key, None, warn)
+                if _done(opts):
+                    return opts
                 continue
             if eq:
                 value = inline
@@ -190,15 +218,19 @@ def parse(argv: list[str]) -> Options:
                 value = words[i]
                 i += 1
             else:
-                raise UsageError(f"option '--{full}' requires an argument")
-            _apply(opts, key, value)
+                raise UsageError(f"option '--{full}' requires an argument", getopt=True)
+            _apply(opts, key, value, warn)
+            if _done(opts):
+                return opts
         elif word.startswith("-") and word != "-":
             j = 1
             while j < len(word):
                 letter = word[j]
                 j += 1
                 if letter in SHORT_FLAGS:
-                    _apply(opts, letter, None)
+                    _apply(opts, letter, None, warn)
+                    if _done(opts):
+                        return opts
                 elif letter in SHORT_WITH_ARG:
                     if j < len(word):
                         value = word[j:]
@@ -206,11 +238,14 @@ def parse(argv: list[str]) -> Options:
                         value = words[i]
                         i += 1
                     else:
-                        raise UsageError(f"option requires an argument -- '{letter}'")
-                    _apply(opts, letter, value)
+                        raise UsageError(f"option requires an argument -- '{letter}'",
+                                         getopt=True)
+                    _apply(opts, letter, value, warn)
+                    if _done(opts):
+                        return opts
                     break
                 else:
-                    raise UsageError(f"invalid option -- '{letter}'")
+                    raise UsageError(f"invalid option -- '{letter}'", getopt=True)
         # operands are ignored, as the C helper ignores them
     return opts
 

@@ -32,7 +32,7 @@ def write_pidfile(path: str) -> int:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise PidfileError(f"Cannot open pid file: {exc.strerror}") from None
+        raise PidfileError(f"Could not create '{path}': {exc.strerror}") from None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

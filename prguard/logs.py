@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import sys
+import os
 
 LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
 
@@ -14,11 +14,7 @@ class StderrHandler(logging.Handler):
         self._prog = prog
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
-            sys.stderr.write(f"{self._prog}: {record.getMessage()}\n")
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass  # EPIPE or a closed stream: logging must never stop the service
+        line(f"{self._prog}: {record.getMessage()}")
 
 
 def setup(prog: str, level: int) -> None:
@@ -28,10 +24,20 @@ def setup(prog: str, level: int) -> None:
     root.propagate = False
 
 
-def error(prog: str, message: str) -> None:
-    """A start-up error line (printed whatever the verbosity)."""
+def _write(fd: int, data: bytes) -> None:
+    """Unbuffered, so a closed or full stream fails here and never again at exit."""
     try:
-        sys.stderr.write(f"{prog}: {message}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        pass  # EPIPE, EBADF, ENOSPC: nobody left to tell
+
+
+def line(text: str) -> None:
+    """One whole line on stderr, whatever the verbosity (start-up errors)."""
+    _write(2, f"{text}\n".encode(errors="replace"))
+
+
+def out(text: str) -> None:
+    """--help and friends on stdout; write errors are ignored as the C helper does."""
+    _write(1, text.encode(errors="replace"))

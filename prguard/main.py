@@ -27,63 +27,61 @@ def _identity(opts: cli.Options) -> Identity | None:
                     gid=os.getgid() if opts.gid is None else opts.gid)
 
 
-def _tracer(prog: str, spec: trace.TraceSpec) -> trace.Tracer:
-    warnings: list[str] = []
-    patterns = list(spec.patterns)
-    for path in spec.events_files:
-        try:
-            with open(path, encoding="utf-8") as f:
-                patterns += [line.strip() for line in f
-                             if line.strip() and not line.startswith("#")]
-        except OSError as exc:
-            raise cli.UsageError(f"Failed to open events file {path}: {exc.strerror}",
-                                 hint=False) from None
-    enabled = trace.resolve(patterns, warnings)
-    for warning in warnings:
-        logs.error(prog, f"warning: {warning}")
-    if not enabled:
+def _tracer(spec: trace.TraceSpec) -> trace.Tracer:
+    """Open the -T file= sink (start-up step 2); UsageError if it cannot be opened."""
+    if not spec.enabled and spec.output is None:
         return trace.Tracer.disabled()
     sink: TextIO = sys.stderr
     if spec.output is not None:
         try:
-            sink = open(spec.output, "a", encoding="utf-8")  # noqa: SIM115 (lives as long as the process)
+            sink = open(spec.output, "a", encoding="utf-8")  # noqa: SIM115 (process lifetime)
         except OSError as exc:
-            raise cli.UsageError(f"Failed to open trace file {spec.output}: {exc.strerror}",
-                                 hint=False) from None
-    return trace.Tracer(enabled, sink)
+            raise cli.UsageError(f"Error opening logfile {spec.output}: {exc.strerror}"
+                                 ) from None
+    return trace.Tracer(frozenset(spec.enabled), sink)
+
+
+def _report(prog: str, exc: cli.UsageError) -> None:
+    name = os.path.basename(prog)
+    if exc.getopt:
+        logs.line(f"{prog}: {exc}")
+        logs.line(f"{name}: Try `{prog} --help' for more information.")
+    elif exc.located:
+        logs.line(f"{name}:{exc}")
+    else:
+        logs.line(f"{name}: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     prog = argv[0] if argv else "prguard"
+    name = os.path.basename(prog)
     try:
-        opts = cli.parse(argv[1:])
+        opts = cli.parse(argv[1:], warn=lambda text: logs.line(f"{name}:{text}"))
         if opts.help:
-            sys.stdout.write(cli.usage(prog))
+            logs.out(cli.usage(prog))
             return 0
         if opts.version:
-            sys.stdout.write(cli.version_text(prog, __version__))
+            logs.out(cli.version_text(prog, __version__))
             return 0
         if opts.trace.want_help:
-            sys.stdout.write(trace.help_text())
+            logs.out(trace.help_text())
             return 0
-        logs.setup(os.path.basename(prog), opts.log_level)
-        tracer = _tracer(prog, opts.trace)
+        tracer = _tracer(opts.trace)
     except cli.UsageError as exc:
-        logs.error(prog, str(exc))
-        if exc.hint:
-            logs.error(prog, f"Try `{prog} --help' for more information.")
+        _report(prog, exc)
         return 1
+    logs.setup(name, opts.log_level)
     try:
         count = listen.activation_fd_count(dict(os.environ), os.getpid())
-        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-            os.environ.pop(name, None)
+        for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            os.environ.pop(var, None)
         if count:
             listener = listen.from_activation(count, opts.socket_given, prog)
         else:
             listener = listen.create(opts.socket_path)
     except listen.ListenError as exc:
-        logs.error(prog, str(exc))
+        logs.line(f"{name}: {exc}")
         return 1
     if opts.daemon:
         daemon.daemonize()
@@ -92,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             pidfile_fd = daemon.write_pidfile(opts.pidfile)
         except daemon.PidfileError as exc:
-            logs.error(prog, str(exc))
+            logs.line(f"{name}: {exc}")
             return 1
     return _fork_pair(opts, listener, tracer, pidfile_fd)
 

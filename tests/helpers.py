@@ -68,7 +68,21 @@ def start_helper(cmd: Sequence[str], path: str, *extra: str) -> Helper:
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, cwd=REPO)
     wait_for_path(path, proc)
+    wait_for_service(path)
     return Helper(argv, path, proc)
+
+
+def wait_for_service(path: str, timeout: float = 10.0) -> None:
+    """Until a connection gets the 4-byte feature word: the helper is serving."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        got = b""
+        while len(got) < 4:
+            chunk = sock.recv(4 - len(got))
+            if not chunk:
+                raise RuntimeError("helper closed the connection before its handshake")
+            got += chunk
 
 
 def children(pid: int) -> list[int]:
