@@ -77,8 +77,6 @@ async def _serve(listener: socket.socket, channel: socket.socket, config: Broker
     config.on_ready()
     waiters: set[asyncio.Future[int] | asyncio.Future[str]] = {stop, worker.lost}
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    broker.stop_accepting()
-    _unlink(config.created_path)
     code = 0
     if worker.lost.done():
         config.tracer.emit("prguard_worker_lost", reason=repr(worker.lost.result()))
@@ -86,6 +84,8 @@ async def _serve(listener: socket.socket, channel: socket.socket, config: Broker
         code = 1
     else:
         log.info("signal %d: finishing requests in flight, then exiting", stop.result())
+    broker.stop_accepting()
+    _unlink(config.created_path)
     await broker.drain()
     await broker.cancel_clients()
     worker.close()

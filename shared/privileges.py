@@ -49,8 +49,10 @@ def clear_ambient() -> None:
 
 
 def proc_status() -> dict[str, str]:
-    with open("/proc/self/status", encoding="ascii") as f:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    # Binary read: a text-mode codec lookup could import after the uid switch.
+    with open("/proc/self/status", "rb") as f:
+        text = f.read().decode("utf-8", "replace")
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
 
 
 def _thread_count() -> int:

@@ -74,9 +74,28 @@ def start_helper(cmd: Sequence[str], path: str, *extra: str) -> Helper:
 
 def wait_for_service(path: str, timeout: float = 10.0) -> None:
     """Until a connection gets the 4-byte feature word: the helper is serving."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return _handshake_once(path, timeout)
+        except (ConnectionRefusedError, FileNotFoundError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def _handshake_once(path: str, timeout: float) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
-        sock.connect(path)
+        if len(path.encode()) < 108:
+            sock.connect(path)
+        else:  # a full 108-byte sun_path: Python refuses it, a relative name fits
+            here = os.getcwd()
+            os.chdir(os.path.dirname(path))
+            try:
+                sock.connect(os.path.basename(path))
+            finally:
+                os.chdir(here)
         got = b""
         while len(got) < 4:
             chunk = sock.recv(4 - len(got))
