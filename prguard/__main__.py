@@ -1,3 +1,7 @@
-from prguard.main import entry
+"""`python -m prguard`: argv[0] would be this file's path; name the program instead."""
 
-entry()
+import sys
+
+from prguard.main import main
+
+sys.exit(main(["prguard", *sys.argv[1:]]))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from shared.errors import QemuProtocolError
 from shared.scsi import CDB_SIZE, DATA_SIZE, SENSE_SIZE, Opcode, Status, transfer_length
@@ -140,10 +140,14 @@ class State(enum.Enum):
     ERROR = "error"
 
 
-@dataclass
 class _Buffer:
-    data: bytearray = field(default_factory=bytearray)
-    eof: bool = False
+    """Bytes received and not yet consumed, and whether EOF was seen."""
+
+    __slots__ = ("data", "eof")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.eof = False
 
 
 class ServerConnection:

@@ -37,11 +37,9 @@ def normalise(text: str, program: str) -> str:
 
 
 def run(program: str, args: list[str], env: dict[str, str] | None = None,
-        cwd: str | None = None, pass_fds: tuple[int, ...] = (), timeout: float = 20,
-        preexec: object = None) -> Run:
+        cwd: str | None = None, pass_fds: tuple[int, ...] = (), timeout: float = 20) -> Run:
     proc = subprocess.run([program, *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=cwd or str(REPO), pass_fds=pass_fds,
-                          preexec_fn=preexec)  # type: ignore[arg-type]
+                          env=env, cwd=cwd or str(REPO), pass_fds=pass_fds)
     return Run(proc.returncode, normalise(proc.stdout, program),
                normalise(proc.stderr, program))
 
