@@ -72,8 +72,10 @@ async def _serve(listener: socket.socket, channel: socket.socket, config: Broker
         if not stop.done():
             stop.set_result(signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    stop_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    for sig in stop_signals:
         loop.add_signal_handler(sig, on_signal, sig)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)  # blocked since start-up
     config.on_ready()
     waiters: set[asyncio.Future[int] | asyncio.Future[str]] = {stop, worker.lost}
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

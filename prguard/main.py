@@ -52,7 +52,13 @@ def _report(prog: str, exc: cli.UsageError) -> None:
         logs.line(f"{name}: {exc}")
 
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Held back until each process has its handlers: a stop request during start-up
+    # then ends in the orderly way (socket removed, exit 0), never by the default action.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     argv = sys.argv if argv is None else argv
     prog = argv[0] if argv else "prguard"
     name = os.path.basename(prog)
@@ -91,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             pidfile_fd = daemon.write_pidfile(opts.pidfile)
         except daemon.PidfileError as exc:
             logs.line(f"{name}: {exc}")
+            if listener.created_path is not None:  # unlike the C helper, leave nothing
+                os.unlink(listener.created_path)
             return 1
     return _fork_pair(opts, listener, tracer, pidfile_fd)
 

@@ -110,3 +110,17 @@ def test_pr_in_data_is_transferred_bytes_cut_to_allocation_length(
 
 def test_pr_out_good_has_no_data() -> None:
     assert map_outcome(outcome(data=bytes(24)), 24, pr_in=False).data == b""
+
+
+def test_header_is_built_by_the_worker_alone() -> None:
+    from shared.scsi import DATA_SIZE
+    from worker.sgio import SG_DXFER_FROM_DEV, SG_DXFER_TO_DEV, prepare
+    pr_in = prepare(b"\x5e\x00" + bytes(5) + b"\x00\x18" + bytes(7), b"", 30000).hdr
+    assert (pr_in.interface_id, pr_in.cmd_len, pr_in.mx_sb_len, pr_in.iovec_count) == (
+        ord("S"), 16, 96, 0)
+    assert (pr_in.dxfer_direction, pr_in.dxfer_len) == (SG_DXFER_FROM_DEV, DATA_SIZE)
+    assert pr_in.timeout == 30000  # prguard's default, not the C helper's 1 ms
+    pr_out = prepare(b"\x5f" + bytes(6) + b"\x00\x18" + bytes(7), bytes(24), 5000).hdr
+    assert (pr_out.dxfer_direction, pr_out.dxfer_len, pr_out.timeout) == (
+        SG_DXFER_TO_DEV, 24, 5000)
+    assert (pr_out.flags, pr_out.pack_id) == (0, 0)

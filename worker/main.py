@@ -59,6 +59,7 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
         _die("worker: terminated by signal")
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     try:
         sysfs_block = fdcheck.open_sysfs_block()
         privileges.drop(config.identity, KEEP_CAPS)
@@ -81,6 +82,8 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
 
     scheduler = Scheduler(config.threads, config.per_device, execute)
     scheduler.start()
+    log.debug("worker: pid %d serving; SG_IO timeout %d ms, %d threads, %d per device",
+              os.getpid(), config.sg_timeout_ms, config.threads, config.per_device)
     _send(channel, Ready(os.getpid()).encode())
     while True:
         try:

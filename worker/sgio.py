@@ -63,8 +63,18 @@ class SgIoOutcome:
     data: bytes  #: the whole data buffer as it stands after the call
 
 
-def issue(fd: int, cdb: bytes, parameter_list: bytes, timeout_ms: int) -> SgIoOutcome:
-    """Run one PR IN/OUT CDB on `fd`. Blocks (without the GIL) until the kernel answers."""
+@dataclass(frozen=True)
+class Prepared:
+    """A filled sg_io_hdr and the buffers its pointers refer to (kept alive with it)."""
+
+    hdr: SgIoHdr
+    cdb: ctypes.Array[ctypes.c_char]
+    sense: ctypes.Array[ctypes.c_char]
+    data: ctypes.Array[ctypes.c_char]
+
+
+def prepare(cdb: bytes, parameter_list: bytes, timeout_ms: int) -> Prepared:
+    """Build the header for one PR IN/OUT CDB; every field is the worker's choice."""
     if len(cdb) != CDB_SIZE:
         raise ValueError("CDB must be 16 bytes")
     pr_in = cdb[0] == Opcode.PERSISTENT_RESERVE_IN
@@ -85,6 +95,13 @@ def issue(fd: int, cdb: bytes, parameter_list: bytes, timeout_ms: int) -> SgIoOu
     hdr.cmdp = ctypes.addressof(cdb_buf)
     hdr.sbp = ctypes.addressof(sense_buf)
     hdr.timeout = timeout_ms
+    return Prepared(hdr, cdb_buf, sense_buf, data_buf)
+
+
+def issue(fd: int, cdb: bytes, parameter_list: bytes, timeout_ms: int) -> SgIoOutcome:
+    """Run one PR IN/OUT CDB on `fd`. Blocks (without the GIL) until the kernel answers."""
+    prepared = prepare(cdb, parameter_list, timeout_ms)
+    hdr = prepared.hdr
     errno = 0
     try:
         fcntl.ioctl(fd, SG_IO, hdr, True)
@@ -96,6 +113,6 @@ def issue(fd: int, cdb: bytes, parameter_list: bytes, timeout_ms: int) -> SgIoOu
         host_status=hdr.host_status,
         driver_status=hdr.driver_status,
         resid=hdr.resid,
-        sense=sense_buf.raw,
-        data=data_buf.raw[:hdr.dxfer_len],
+        sense=prepared.sense.raw,
+        data=prepared.data.raw[:hdr.dxfer_len],
     )

@@ -1,0 +1,125 @@
+"""Where prguard deliberately differs from qemu-pr-helper (docs/COMPATIBILITY.md),
+measured side by side wherever the C helper can be run the same way."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    C_HELPER,
+    PRGUARD,
+    REPO,
+    Client,
+    pr_in_cdb,
+    start_helper,
+    wait_for_path,
+)
+
+PRGUARD_SCRIPT = str(Path(sys.executable).parent / "prguard")
+
+
+@pytest.fixture
+def tmp() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="pgv", dir="/tmp"))
+    yield path
+    subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+@pytest.mark.parametrize(("program", "keeps_flags"), [(PRGUARD, True), ([C_HELPER], False)])
+def test_received_fd_flags_are_left_alone(tmp: Path, loop_disk: str, program: list[str],
+                                          keeps_flags: bool) -> None:
+    helper = start_helper(program, str(tmp / "h.sock"))
+    fd = os.open(loop_disk, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        with Client(helper.path) as client:
+            client.request(pr_in_cdb(), fd)
+        still_nonblocking = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)
+        assert still_nonblocking is keeps_flags
+    finally:
+        os.close(fd)
+        helper.stop()
+
+
+@pytest.mark.parametrize(("program", "all_accepted"), [(PRGUARD, True), ([C_HELPER], False)])
+def test_a_burst_of_connects_queues_instead_of_failing(tmp: Path, program: list[str],
+                                                       all_accepted: bool) -> None:
+    helper = start_helper(program, str(tmp / "b.sock"))
+    helper.proc.send_signal(19)  # SIGSTOP: nobody accepts while the burst arrives
+    socks, refused = [], 0
+    try:
+        for _ in range(8):
+            s = socket.socket(socket.AF_UNIX)
+            s.setblocking(False)
+            try:
+                s.connect(helper.path)
+            except BlockingIOError:
+                refused += 1
+            socks.append(s)
+        assert (refused == 0) is all_accepted
+    finally:
+        for s in socks:
+            s.close()
+        helper.proc.send_signal(18)  # SIGCONT
+        helper.stop()
+
+
+def test_socket_is_not_left_behind_when_start_up_fails(tmp: Path) -> None:
+    proc = subprocess.run([PRGUARD_SCRIPT, "-k", str(tmp / "s.sock"), "-f",
+                           str(tmp / "no" / "p.pid")], capture_output=True, cwd=REPO)
+    assert proc.returncode == 1
+    assert not (tmp / "s.sock").exists()  # the C helper leaves it
+
+
+def test_path_appears_only_once_connect_succeeds(tmp: Path) -> None:
+    path = str(tmp / "r.sock")
+    for _ in range(5):
+        proc = subprocess.Popen([*PRGUARD, "-k", path], stderr=subprocess.PIPE, cwd=REPO)
+        wait_for_path(path, proc, timeout=20)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(path)  # never ECONNREFUSED: libvirt's readiness check is sound
+        proc.terminate()
+        assert proc.wait(10) == 0
+
+
+def test_negative_listen_fds_is_ignored_not_fatal(tmp: Path) -> None:
+    path = str(tmp / "n.sock")
+    script = ("import os,sys; os.environ['LISTEN_PID']=str(os.getpid()); "
+              "os.environ['LISTEN_FDS']='-1'; os.execv(sys.argv[1], sys.argv[1:])")
+    proc = subprocess.Popen([sys.executable, "-c", script, PRGUARD_SCRIPT, "-k", path],
+                            stderr=subprocess.PIPE)
+    wait_for_path(path, proc)
+    proc.terminate()
+    assert proc.wait(10) == 0  # the C helper dies on an assertion (SIGABRT)
+
+
+def test_activation_refuses_a_socket_it_cannot_serve(tmp: Path) -> None:
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen(1)
+    script = ("import os,sys; os.dup2(int(sys.argv[1]), 3); "
+              "os.environ['LISTEN_PID']=str(os.getpid()); os.environ['LISTEN_FDS']='1'; "
+              "os.execv(sys.argv[2], sys.argv[2:])")
+    proc = subprocess.run([sys.executable, "-c", script, str(tcp.fileno()), PRGUARD_SCRIPT],
+                          pass_fds=(tcp.fileno(),), capture_output=True, text=True, timeout=20)
+    tcp.close()
+    assert proc.returncode == 1  # the C helper serves TCP, or spins on an unbound socket
+    assert proc.stderr == ("prguard: Failed to use socket activation: fd 3 is not a "
+                           "listening unix stream socket\n")
+
+
+def test_sg_timeout_reaches_the_worker(tmp: Path) -> None:
+    path = str(tmp / "t.sock")
+    helper = start_helper(PRGUARD, path, "--sg-timeout=2.5", "--sg-threads=3", "-vvv")
+    assert helper.stop() == 0
+    assert "SG_IO timeout 2500 ms, 3 threads, 4 per device" in helper.stderr_text()
+
+
