@@ -1,6 +1,9 @@
-"""The broker process: drop every privilege, wait for the worker, serve until stopped.
+"""The broker process: drop every privilege, lock down, serve until stopped.
 
-Returns the process exit status: 0 after an orderly stop (SIGTERM, SIGINT, SIGHUP), 1 if
+Order: wait for the worker to be up (if it cannot drop privileges it says so, once),
+drop to the -u/-g ids with no capability, start the event loop, listening socket,
+channel and notify socket, warm up, load the seccomp filter, tell systemd READY=1, then
+serve. Returns the exit status: 0 after an orderly stop (SIGTERM, SIGINT, SIGHUP), 1 if
 the worker failed to start or was lost.
 """
 
@@ -12,14 +15,15 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from broker.server import Broker
+from broker.notify import Notifier
+from broker.server import Broker, warm_up
 from broker.trace import Tracer
 from broker.worker_client import WorkerClient, await_ready
-from shared import fdcheck, privileges
+from shared import fdcheck, privileges, sandbox
 from shared.privileges import Identity
+from shared.seccomp_policy import Policy, Rule
 
 log = logging.getLogger("prguard.broker")
 
@@ -28,39 +32,67 @@ WORKER_START_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
+class CreatedSocket:
+    """A socket the launcher created: removed at exit through its directory's fd, so the
+    confined broker needs no path lookup (unlinkat on that fd only)."""
+
+    path: str
+    dir_fd: int
+    name: str
+
+
+@dataclass(frozen=True)
 class BrokerConfig:
     identity: Identity | None
-    #: The socket path this process created (unlinked at exit); None when activated.
-    created_path: str | None
+    created: CreatedSocket | None
     tracer: Tracer
-    #: Called once the worker is ready and clients are being accepted.
-    on_ready: Callable[[], None] = lambda: None
+    worker_pid: int
+    #: tests only: a forbidden syscall to attempt once confined (docs/SECURITY.md)
+    seccomp_probe: str | None = None
 
 
-def run(listener: socket.socket, channel: socket.socket, config: BrokerConfig,
-        worker_pid: int) -> int:
-    """Wait for the worker first: if it cannot drop privileges it says so, once."""
+def run(listener: socket.socket, channel: socket.socket, config: BrokerConfig) -> int:
     if await_ready(channel, WORKER_START_TIMEOUT) is None:
-        _unlink(config.created_path)
-        _reap(worker_pid)
+        _unlink(config.created)
+        _reap(config.worker_pid)
         return 1
     try:
         sysfs_block = fdcheck.open_sysfs_block()
+        policy = sandbox.load_policy("broker")
+        probe = (sandbox.find_forbidden(policy, config.seccomp_probe)
+                 if config.seccomp_probe else None)
         privileges.drop(config.identity, ())
-    except (OSError, privileges.PrivilegeError) as exc:
+    except (OSError, privileges.PrivilegeError, sandbox.SandboxError) as exc:
         log.error("%s", exc)
         channel.close()
-        _unlink(config.created_path)
-        _reap(worker_pid)
+        _unlink(config.created)
+        _reap(config.worker_pid)
         return 1
-    code = asyncio.run(_serve(listener, channel, config, sysfs_block))
-    _reap(worker_pid)
-    return code
+    return asyncio.run(_serve(listener, channel, config, sysfs_block, policy, probe))
+
+
+def _variables(config: BrokerConfig, sysfs_block: int) -> sandbox.Variables:
+    return {
+        "SYSFS_BLOCK_FD": sysfs_block,
+        "SOCKET_DIR_FD": config.created.dir_fd if config.created else None,
+        "WORKER_PID": config.worker_pid,
+        "TRACE_FD": config.tracer.fileno(),
+        "WAKEUP_FD": _wakeup_fd(),
+    }
+
+
+def _wakeup_fd() -> int | None:
+    """The fd the event loop's C signal handler writes to (stop signals are blocked
+    while this runs, so reading and restoring it races with nothing)."""
+    fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(fd)
+    return fd if fd >= 0 else None
 
 
 async def _serve(listener: socket.socket, channel: socket.socket, config: BrokerConfig,
-                 sysfs_block: int) -> int:
+                 sysfs_block: int, policy: Policy, probe: Rule | None) -> int:
     loop = asyncio.get_running_loop()
+    notifier = Notifier.from_environ()
     worker = WorkerClient(channel)
     worker.start()
     assert worker.lost is not None
@@ -75,49 +107,80 @@ async def _serve(listener: socket.socket, channel: socket.socket, config: Broker
     stop_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     for sig in stop_signals:
         loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        warm_up(sysfs_block)
+        sandbox.lock_down(policy, _variables(config, sysfs_block))
+    except sandbox.SandboxError as exc:
+        log.error("%s", exc)
+        broker.stop_accepting()
+        _unlink(config.created)
+        worker.close()
+        _reap(config.worker_pid)
+        return 1
+    if probe is not None:
+        sandbox.probe(probe)
+        log.error("seccomp let %s through", probe)
+        return 3
     signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)  # blocked since start-up
-    config.on_ready()
+    notifier.send(f"READY=1\nSTATUS=serving, worker pid {config.worker_pid}\n"
+                  f"MAINPID={os.getpid()}")
     waiters: set[asyncio.Future[int] | asyncio.Future[str]] = {stop, worker.lost}
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    notifier.send("STOPPING=1")
     code = 0
     if worker.lost.done():
-        config.tracer.emit("prguard_worker_lost", reason=repr(worker.lost.result()))
-        log.error("%s; exiting", worker.lost.result())
+        how = _reap(config.worker_pid)
+        config.tracer.emit("prguard_worker_lost", reason=repr(worker.lost.result()), how=how)
+        log.error("%s (%s); exiting", worker.lost.result(), how)
         code = 1
     else:
         log.info("signal %d: finishing requests in flight, then exiting", stop.result())
     broker.stop_accepting()
-    _unlink(config.created_path)
+    _unlink(config.created)
     await broker.drain()
     await broker.cancel_clients()
     worker.close()
+    if code == 0:
+        _reap(config.worker_pid)
     return code
 
 
-def _unlink(path: str | None) -> None:
-    if path is None:
+def _unlink(created: CreatedSocket | None) -> None:
+    if created is None:
         return
     try:
-        os.unlink(path)
+        os.unlink(created.name, dir_fd=created.dir_fd)
     except FileNotFoundError:
         pass
     except OSError as exc:
-        log.warning("Failed to unlink socket %s: %s", path, exc.strerror)
+        log.warning("Failed to unlink socket %s: %s", created.path, exc.strerror)
 
 
-def _reap(worker_pid: int) -> None:
-    """Collect the worker; it exits by itself once the channel is closed."""
+def _reap(worker_pid: int) -> str:
+    """Collect the worker (it exits by itself once the channel is closed); how it ended."""
     deadline = time.monotonic() + WORKER_EXIT_GRACE
-    while time.monotonic() < deadline:
+    while True:
         try:
-            pid, _ = os.waitpid(worker_pid, os.WNOHANG)
+            pid, status = os.waitpid(worker_pid, os.WNOHANG)
         except ChildProcessError:
-            return
+            return "already collected"
         if pid:
-            return
+            return _describe(status)
+        if time.monotonic() >= deadline:
+            break
         time.sleep(0.01)
     try:
         os.kill(worker_pid, signal.SIGKILL)
-        os.waitpid(worker_pid, 0)
+        _, status = os.waitpid(worker_pid, 0)
     except (ProcessLookupError, ChildProcessError):
-        pass
+        return "gone"
+    return _describe(status)
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGSYS:
+            return "killed by SIGSYS: a system call outside its seccomp policy"
+        return f"killed by {signal.Signals(sig).name}"
+    return f"exit status {os.WEXITSTATUS(status)}"

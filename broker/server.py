@@ -68,6 +68,33 @@ def sense_text(reply: PrReply) -> str:
     return f"{reply.sense[2] & 0xF:02x}/{reply.sense[12]:02x}/{reply.sense[13]:02x}"
 
 
+def warm_up(sysfs_block_fd: int) -> None:
+    """Run the request path once without a client: nothing may be imported or touched for
+    the first time once the seccomp filter is loaded."""
+    from shared.messages import SgIoRequest, SgIoResult, decode
+    facts = fdcheck.inspect_fd(2, sysfs_block_fd)
+    conn = ServerConnection()
+    conn.initiate()
+    conn.receive_data(bytes(4))
+    conn.next_event()
+    cdb = b"\x5e" + bytes(6) + b"\x00\x18" + bytes(7)
+    conn.receive_data(cdb, [2])
+    request = conn.next_event()
+    assert isinstance(request, PrRequest)
+    verdict = check_request(cdb, facts)
+    reply = PrReply(Status.CHECK_CONDITION, Sense.IO_ERROR.fixed_format())
+    conn.send_reply(reply)
+    describe(cdb)
+    sense_text(reply)
+    decode(SgIoRequest(1, cdb, b"").encode())
+    decode(SgIoResult(1, 0, bytes(96), b"").encode())
+    try:
+        raise QemuProtocolError("warm-up", None)
+    except QemuProtocolError as exc:
+        str(exc)
+    del verdict
+
+
 class ClientStream:
     """Non-blocking reads sized by the protocol, with or without a control buffer."""
 

@@ -109,6 +109,13 @@ class Tracer:
     def on(self, name: str) -> bool:
         return name in self._enabled
 
+    def fileno(self) -> int | None:
+        """The trace file's fd when it is not stderr (the broker's policy names it)."""
+        if self._sink is None or not self._enabled:
+            return None
+        fd = self._sink.fileno()
+        return None if fd == 2 else fd
+
     def emit(self, name: str, **values: object) -> None:
         if name not in self._enabled or self._sink is None:
             return

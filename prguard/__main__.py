@@ -2,6 +2,7 @@
 
 import sys
 
-from prguard.main import main
+from prguard.main import entry
 
-sys.exit(main(["prguard", *sys.argv[1:]]))
+sys.argv[0] = "prguard"
+entry()

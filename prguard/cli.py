@@ -32,7 +32,7 @@ C_LONG = {
     "trace": "T", "user": "u", "group": "g", "verbose": "v", "quiet": "q",
 }
 #: prguard's own long options (all take an argument); exact spelling only.
-OWN_LONG = {"sg-timeout", "sg-threads", "sg-per-device"}
+OWN_LONG = {"sg-timeout", "sg-threads", "sg-per-device", "print-seccomp"}
 
 
 class UsageError(Exception):
@@ -67,6 +67,7 @@ class Options:
     sg_timeout: float = DEFAULT_SG_TIMEOUT
     sg_threads: int = DEFAULT_SG_THREADS
     sg_per_device: int = DEFAULT_SG_PER_DEVICE
+    print_seccomp: str | None = None
 
     @property
     def log_level(self) -> int:
@@ -156,6 +157,10 @@ def _apply(opts: Options, key: str, value: str | None, warn: Callable[[str], Non
     elif key == "sg-threads":
         assert value is not None
         opts.sg_threads = int(_positive(key, value, int))
+    elif key == "print-seccomp":
+        if value not in ("broker", "worker"):
+            raise UsageError(f"--print-seccomp takes broker or worker, not '{value}'")
+        opts.print_seccomp = value
     elif key == "sg-per-device":
         assert value is not None
         opts.sg_per_device = int(_positive(key, value, int))
@@ -177,7 +182,7 @@ def _long(name: str) -> str:
 
 
 def _done(opts: Options) -> bool:
-    return opts.help or opts.version or opts.trace.want_help
+    return opts.help or opts.version or opts.trace.want_help or opts.print_seccomp is not None
 
 
 def parse(argv: list[str], warn: Callable[[str], None]) -> Options:
@@ -273,6 +278,8 @@ prguard options (spelled in full):
       --sg-timeout=SECONDS  SG_IO timeout (default {DEFAULT_SG_TIMEOUT:g})
       --sg-threads=N        SG_IO calls run at once (default {DEFAULT_SG_THREADS})
       --sg-per-device=N     of which for one device at most (default {DEFAULT_SG_PER_DEVICE})
+      --print-seccomp=broker|worker
+                            print that process's compiled seccomp filter and exit
 
 prguard is a privilege-separated drop-in replacement for qemu-pr-helper: an
 unprivileged broker speaks the protocol and validates every request; only a worker

@@ -18,6 +18,8 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from broker.main import CreatedSocket
+
 #: sizeof(sun_path): the C helper refuses longer paths.
 SUN_PATH_SIZE = 108
 #: A larger backlog than the C helper's 1: a burst of QEMU connections queues instead of
@@ -33,8 +35,8 @@ class ListenError(Exception):
 @dataclass(frozen=True)
 class Listener:
     sock: socket.socket
-    #: The path this process created and must unlink at exit; None when activated.
-    created_path: str | None
+    #: What this process created and must remove at exit; None when activated.
+    created: CreatedSocket | None
 
 
 def activation_fd_count(environ: dict[str, str], pid: int) -> int:
@@ -109,7 +111,9 @@ def create(path: str) -> Listener:
             except OSError:
                 os.unlink(temporary, dir_fd=dirfd)
                 raise
+            kept_dir_fd = os.dup(dirfd)
     except OSError as exc:
         sock.close()
         raise ListenError(f"Failed to bind socket to {path}: {exc.strerror}") from None
-    return Listener(sock, path)
+    os.set_inheritable(kept_dir_fd, False)
+    return Listener(sock, CreatedSocket(path, kept_dir_fd, name))

@@ -16,6 +16,7 @@ from typing import TextIO
 from broker import main as broker_main
 from broker import trace
 from prguard import __version__, cli, daemon, listen, logs
+from shared import sandbox
 from shared.privileges import Identity
 from worker import main as worker_main
 
@@ -53,6 +54,14 @@ def _report(prog: str, exc: cli.UsageError) -> None:
 
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+#: Tests only (docs/SECURITY.md): `broker:SYSCALL` or `worker:SYSCALL` makes that process
+#: attempt a call its policy forbids right after loading its filter, and die of it.
+PROBE_VARIABLE = "PRGUARD_SECCOMP_PROBE"
+#: Stand-ins for the values each process fills in at start-up, in --print-seccomp output.
+PRINT_VARIABLES: dict[str, int | None] = {
+    "SYSFS_BLOCK_FD": 1000, "SOCKET_DIR_FD": 1001, "TRACE_FD": 1002, "WAKEUP_FD": 1003,
+    "WORKER_PID": 99999,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if opts.trace.want_help:
             logs.out(trace.help_text())
+            return 0
+        if opts.print_seccomp:
+            logs.out("".join(f"# ${k} = {v} in this listing\n"
+                             for k, v in PRINT_VARIABLES.items()))
+            sandbox.export_pfc(opts.print_seccomp, PRINT_VARIABLES, sys.stdout)
             return 0
         tracer = _tracer(opts.trace)
     except cli.UsageError as exc:
@@ -97,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             pidfile_fd = daemon.write_pidfile(opts.pidfile)
         except daemon.PidfileError as exc:
             logs.line(f"{name}: {exc}")
-            if listener.created_path is not None:  # unlike the C helper, leave nothing
-                os.unlink(listener.created_path)
+            if listener.created is not None:  # unlike the C helper, leave nothing
+                os.unlink(listener.created.name, dir_fd=listener.created.dir_fd)
             return 1
     return _fork_pair(opts, listener, tracer, pidfile_fd)
 
@@ -106,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 def _fork_pair(opts: cli.Options, listener: listen.Listener, tracer: trace.Tracer,
                pidfile_fd: int | None) -> int:
     identity = _identity(opts)
+    probe = os.environ.pop(PROBE_VARIABLE, "")
+    probe_role, _, probe_call = probe.partition(":")
     broker_end, worker_end = socket.socketpair(
         socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     pid = os.fork()
@@ -119,17 +135,29 @@ def _fork_pair(opts: cli.Options, listener: listen.Listener, tracer: trace.Trace
             sg_timeout_ms=int(opts.sg_timeout * 1000),
             threads=opts.sg_threads,
             per_device=opts.sg_per_device,
+            seccomp_probe=probe_call if probe_role == "worker" else None,
         ))
     worker_end.close()
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     return broker_main.run(listener.sock, broker_end, broker_main.BrokerConfig(
-        identity=identity, created_path=listener.created_path, tracer=tracer,
-    ), worker_pid=pid)
+        identity=identity, created=listener.created, tracer=tracer, worker_pid=pid,
+        seccomp_probe=probe_call if probe_role == "broker" else None,
+    ))
 
 
 def entry() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point, and the process boundary of both processes.
+
+    os._exit: once confined, the interpreter's own finalisation would make system calls
+    the policy does not allow. A bug anywhere ends here as one line, never a traceback
+    (printing one reads source files, which a confined process may not open).
+    """
+    try:
+        code = main()
+    except Exception as exc:  # noqa: BLE001  (process boundary: log, then exit)
+        logs.line(f"prguard: internal error: {exc!r}")
+        code = 70
+    os._exit(code)
 
 
 if __name__ == "__main__":

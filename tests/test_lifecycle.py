@@ -46,7 +46,7 @@ def test_worker_killed_broker_exits_nonzero_with_one_line(prguard: Helper) -> No
     os.kill(worker, signal.SIGKILL)
     assert prguard.proc.wait(5) == 1
     lines = prguard.stderr_text().splitlines()
-    assert lines == ["prguard: the worker exited; exiting"]
+    assert lines == ["prguard: the worker exited (killed by SIGKILL); exiting"]
     assert not os.path.exists(prguard.path)
 
 

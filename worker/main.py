@@ -1,11 +1,15 @@
-"""The worker process: drop to CAP_SYS_RAWIO, then serve the channel until it closes.
+"""The worker process: drop to CAP_SYS_RAWIO, lock down, serve the channel until it closes.
 
-Runs in a child forked by the launcher before any thread exists. Exits 0 when the broker
-closes the channel in an orderly way, 1 when the broker died under it or on any fault.
+Runs in a child forked by the launcher before any thread exists. Order: signals, the
+sysfs directory fd, privileges, parent-death signal (after the uid change, which resets
+it), the SG_IO pool threads, a warm-up of every code path the loop uses, the seccomp
+filter (all threads), then Ready. Exits 0 when the broker closes the channel in an
+orderly way, 1 when the broker died under it or on any fault.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -14,16 +18,22 @@ from dataclasses import dataclass
 from functools import partial
 from typing import NoReturn
 
-from shared import fdcheck, fdpass, privileges
+import prctl
+
+from shared import fdcheck, fdpass, privileges, sandbox
 from shared.errors import ChannelError
-from shared.messages import Malformed, Ready
+from shared.messages import Malformed, Ready, SgIoRequest, decode
 from shared.privileges import Identity
 from worker import handler, sgio
+from worker.outcome import map_outcome
 from worker.scheduler import Scheduler
 
 log = logging.getLogger("prguard.worker")
 
 KEEP_CAPS = ("sys_rawio",)
+#: mallopt(M_ARENA_MAX): glibc would read /sys/devices/system/cpu/online the first time
+#: a pool thread allocates; with one arena it never does (and never opens a file).
+M_ARENA_MAX = -8
 
 
 @dataclass(frozen=True)
@@ -32,11 +42,12 @@ class WorkerConfig:
     sg_timeout_ms: int
     threads: int
     per_device: int
+    #: tests only: a forbidden syscall to attempt once confined (docs/SECURITY.md)
+    seccomp_probe: str | None = None
 
 
 def _die(message: str, code: int = 1) -> NoReturn:
     log.error("%s", message)
-    logging.shutdown()
     os._exit(code)
 
 
@@ -45,6 +56,20 @@ def _send(channel: socket.socket, payload: bytes) -> None:
         fdpass.send_message(channel, payload)
     except OSError as exc:
         _die(f"worker: cannot answer the broker ({exc.strerror}); exiting")
+
+
+def _warm_up(sysfs_block: int, timeout_ms: int) -> None:
+    """Run each code path once so nothing is imported or first-touched once confined."""
+    facts = fdcheck.inspect_fd(2, sysfs_block)
+    fdcheck.is_partition(os.makedev(7, 0), sysfs_block)
+    request = SgIoRequest(1, b"\x5e" + bytes(15), b"")
+    decode(request.encode())
+    handler.screen(request.encode(), None, None)
+    handler.screen(request.encode(), 2, facts)
+    handler.screen(b"\xc1", None, None)
+    outcome = sgio.issue(2, request.cdb, b"", timeout_ms)  # ENOTTY on stderr: the whole path
+    map_outcome(outcome, 24, pr_in=True)
+    log.debug("worker: warm-up done")
 
 
 def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
@@ -60,15 +85,6 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
-    try:
-        sysfs_block = fdcheck.open_sysfs_block()
-        privileges.drop(config.identity, KEEP_CAPS)
-        import prctl
-        prctl.set_pdeathsig(signal.SIGTERM)
-    except (OSError, privileges.PrivilegeError) as exc:
-        _die(str(exc))
-    if os.getppid() != broker_pid:
-        _die("worker: the broker died during start-up")
     run_sg_io = partial(sgio.issue, timeout_ms=config.sg_timeout_ms)
 
     def execute(job: handler.Job) -> None:
@@ -80,8 +96,25 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
             os.close(job.fd)
         _send(channel, result.encode())
 
-    scheduler = Scheduler(config.threads, config.per_device, execute)
-    scheduler.start()
+    try:
+        sysfs_block = fdcheck.open_sysfs_block()
+        policy = sandbox.load_policy("worker")
+        probe = (sandbox.find_forbidden(policy, config.seccomp_probe)
+                 if config.seccomp_probe else None)
+        privileges.drop(config.identity, KEEP_CAPS)
+        prctl.set_pdeathsig(signal.SIGTERM)
+        if os.getppid() != broker_pid:
+            _die("worker: the broker died during start-up")
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1)
+        scheduler = Scheduler(config.threads, config.per_device, execute)
+        scheduler.start()
+        _warm_up(sysfs_block, config.sg_timeout_ms)
+        sandbox.lock_down(policy, {"SYSFS_BLOCK_FD": sysfs_block})
+    except (OSError, privileges.PrivilegeError, sandbox.SandboxError) as exc:
+        _die(str(exc))
+    if probe is not None:
+        sandbox.probe(probe)
+        _die(f"worker: seccomp let {probe} through", 3)
     log.debug("worker: pid %d serving; SG_IO timeout %d ms, %d threads, %d per device",
               os.getpid(), config.sg_timeout_ms, config.threads, config.per_device)
     _send(channel, Ready(os.getpid()).encode())
@@ -96,7 +129,6 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
         if got is None:
             if os.getppid() != broker_pid:
                 _die("worker: the broker died; exiting")
-            logging.shutdown()
             os._exit(0)
         datagram, fd = got
         facts = None

@@ -1,0 +1,98 @@
+"""Turning a policy file into a loaded seccomp filter (pyseccomp over libseccomp).
+
+Kill the whole process on anything not allowed, on a foreign architecture too, and
+apply to every thread (TSYNC). Any failure to build or load is fatal for the caller:
+prguard never serves unconfined.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import TextIO
+
+import pyseccomp
+from prguard_seccomp import policy_text
+
+from shared.seccomp_policy import Condition, Policy, Rule, parse
+
+Variables = dict[str, int | None]
+
+
+class SandboxError(Exception):
+    """The filter could not be built or loaded."""
+
+
+def load_policy(role: str) -> Policy:
+    text: str = policy_text(role)
+    return parse(text)
+
+
+def _arg(condition: Condition) -> pyseccomp.Arg:
+    assert isinstance(condition.value, int)
+    if condition.mask is None:
+        return pyseccomp.Arg(condition.arg, pyseccomp.EQ, condition.value)
+    return pyseccomp.Arg(condition.arg, pyseccomp.MASKED_EQ, condition.mask, condition.value)
+
+
+def build(policy: Policy, variables: Variables) -> pyseccomp.SyscallFilter:
+    flt = pyseccomp.SyscallFilter(pyseccomp.KILL_PROCESS)
+    flt.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
+    flt.set_attr(pyseccomp.Attr.CTL_TSYNC, 1)
+    for rule in policy.allowed:
+        if pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, rule.syscall) < 0:
+            raise SandboxError(f"line {rule.line}: unknown syscall {rule.syscall}")
+        resolved = [c.resolve(variables) for c in rule.conditions]
+        if any(c is None for c in resolved):
+            continue  # its variable is not supplied: this rule allows nothing here
+        try:
+            flt.add_rule(pyseccomp.ALLOW, rule.syscall,
+                         *[_arg(c) for c in resolved if c is not None])
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise SandboxError(f"line {rule.line}: {rule}: {exc}") from None
+    return flt
+
+
+def lock_down(policy: Policy, variables: Variables) -> None:
+    """Build and load the filter for every thread of this process. The policy was read
+    before the process gave up its identity (its file may not be readable after)."""
+    try:
+        flt = build(policy, variables)
+        flt.load()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise SandboxError(f"Failed to load the seccomp filter: {exc}") from None
+
+
+def export_pfc(role: str, variables: Variables, out: TextIO) -> None:
+    """libseccomp's PFC listing of `role`'s filter, for auditors."""
+    out.flush()
+    build(load_policy(role), variables).export_pfc(out)
+
+
+def probe_arguments(rule: Rule) -> list[int]:
+    """Arguments that satisfy the rule's conditions (zeros elsewhere)."""
+    args = [0] * 6
+    for condition in rule.conditions:
+        assert isinstance(condition.value, int)
+        args[condition.arg] = condition.value
+    return args
+
+
+def probe(rule: Rule) -> int:
+    """Attempt a forbidden call (tests only: see docs/SECURITY.md). Under the filter the
+    process dies with SIGSYS here; the return value means the filter let it through."""
+    nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, rule.syscall)
+    libc = ctypes.CDLL(None, use_errno=True)
+    result: int = libc.syscall(ctypes.c_long(nr),
+                               *[ctypes.c_ulong(a) for a in probe_arguments(rule)])
+    return result
+
+
+def find_forbidden(policy: Policy, spec: str) -> Rule:
+    """`spec` is `syscall` or `syscall#N` (the N-th forbid line for that syscall)."""
+    name, _, index = spec.partition("#")
+    matches = [r for r in policy.forbidden if r.syscall == name]
+    if not matches or not index.isdigit() and index:
+        raise SandboxError(f"no forbid line {spec!r} in the policy")
+    if int(index or 0) >= len(matches):
+        raise SandboxError(f"no forbid line {spec!r} in the policy")
+    return matches[int(index or 0)]
