@@ -91,8 +91,7 @@ def find_forbidden(policy: Policy, spec: str) -> Rule:
     """`spec` is `syscall` or `syscall#N` (the N-th forbid line for that syscall)."""
     name, _, index = spec.partition("#")
     matches = [r for r in policy.forbidden if r.syscall == name]
-    if not matches or not index.isdigit() and index:
+    position = int(index) if index.isdigit() else 0 if not index else -1
+    if not 0 <= position < len(matches):
         raise SandboxError(f"no forbid line {spec!r} in the policy")
-    if int(index or 0) >= len(matches):
-        raise SandboxError(f"no forbid line {spec!r} in the policy")
-    return matches[int(index or 0)]
+    return matches[position]
