@@ -54,7 +54,9 @@ class BrokerConfig:
 def run(listener: socket.socket, channel: socket.socket, config: BrokerConfig) -> int:
     if await_ready(channel, WORKER_START_TIMEOUT) is None:
         _unlink(config.created)
-        _reap(config.worker_pid)
+        how = _reap(config.worker_pid)
+        if not how.startswith("exit status"):  # an exit status means it said why itself
+            log.error("the worker failed to start (%s); exiting", how)
         return 1
     try:
         sysfs_block = fdcheck.open_sysfs_block()

@@ -1,0 +1,236 @@
+"""The privilege split, proven: capabilities and ids from /proc, seccomp on both
+processes, a death test for every syscall a policy forbids, and a compromised broker's
+credentials against the worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared import sandbox
+from shared.seccomp_policy import PolicyError, parse
+from tests.helpers import (
+    PRGUARD,
+    REPO,
+    Helper,
+    children,
+    proc_status,
+    start_helper,
+)
+
+PRGUARD_SCRIPT = str(Path(sys.executable).parent / "prguard")
+CAP_SYS_RAWIO = 1 << 17
+
+
+def assert_confined(pid: int, caps: int, uid: int, gid: int) -> None:
+    status = proc_status(pid)
+    assert int(status["CapPrm"], 16) == caps
+    assert int(status["CapEff"], 16) == caps
+    for field in ("CapInh", "CapBnd", "CapAmb"):
+        assert int(status[field], 16) == 0, field
+    assert status["Uid"].split() == [str(uid)] * 4
+    assert status["Gid"].split() == [str(gid)] * 4
+    assert status["Groups"].strip() == ""
+    assert status["NoNewPrivs"] == "1"
+    assert status["Seccomp"] == "2"
+    assert int(status["Seccomp_filters"]) >= 1
+
+
+@pytest.fixture
+def nobody(sockdir: Path) -> Iterator[Helper]:
+    os.chmod(sockdir, 0o777)  # so the -u user could remove its socket at exit
+    helper = start_helper(PRGUARD, str(sockdir / "n.sock"), "-u", "nobody", "-g", "nogroup")
+    yield helper
+    helper.stop()
+
+
+def test_proc_status_as_root(prguard: Helper) -> None:
+    (worker,) = children(prguard.pid)
+    assert_confined(prguard.pid, 0, 0, 0)
+    assert_confined(worker, CAP_SYS_RAWIO, 0, 0)
+
+
+def test_proc_status_with_user_and_group(nobody: Helper) -> None:
+    (worker,) = children(nobody.pid)
+    assert_confined(nobody.pid, 0, 65534, 65534)
+    assert_confined(worker, CAP_SYS_RAWIO, 65534, 65534)
+    assert proc_status(worker)["Threads"] != "1"  # the SG_IO pool, all under TSYNC
+
+
+def forbidden(role: str) -> list[str]:
+    specs: list[str] = []
+    seen: dict[str, int] = {}
+    for rule in sandbox.load_policy(role).forbidden:
+        index = seen.get(rule.syscall, 0)
+        seen[rule.syscall] = index + 1
+        specs.append(f"{rule.syscall}#{index}")
+    return specs
+
+
+def start_with_probe(sockdir: Path, role: str, spec: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PRGUARD_SECCOMP_PROBE=f"{role}:{spec}")
+    return subprocess.Popen([*PRGUARD, "-k", str(sockdir / "p.sock")], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("spec", forbidden("broker"))
+def test_broker_dies_on_each_forbidden_syscall(sockdir: Path, spec: str) -> None:
+    proc = start_with_probe(sockdir, "broker", spec)
+    assert proc.wait(20) == -signal.SIGSYS
+
+
+@pytest.mark.parametrize("spec", forbidden("worker"))
+def test_worker_dies_on_each_forbidden_syscall(sockdir: Path, spec: str) -> None:
+    proc = start_with_probe(sockdir, "worker", spec)
+    assert proc.wait(20) == 1  # the broker exits non-zero, saying why
+    assert proc.stderr is not None
+    assert proc.stderr.read().decode() == (
+        "prguard: the worker failed to start (killed by SIGSYS: a system call outside its "
+        "seccomp policy); exiting\n")
+
+
+def test_probe_of_an_allowed_call_would_be_reported(sockdir: Path) -> None:
+    """The death tests can fail: a probe naming no forbid line is a start-up error."""
+    proc = start_with_probe(sockdir, "broker", "getpid")
+    assert proc.wait(20) == 1
+    assert proc.stderr is not None and b"no forbid line 'getpid'" in proc.stderr.read()
+
+
+@pytest.mark.parametrize("fixture", ["prguard", "nobody"])
+def test_broker_credentials_cannot_reach_into_the_worker(fixture: str,
+                                                        request: pytest.FixtureRequest) -> None:
+    helper: Helper = request.getfixturevalue(fixture)
+    (worker,) = children(helper.pid)
+    status = proc_status(helper.pid)
+    uid, gid = status["Uid"].split()[0], status["Gid"].split()[0]
+    attack = subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+         "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all",
+         sys.executable, str(REPO / "tests" / "attack_worker.py"), str(worker)],
+        capture_output=True, text=True, timeout=20, check=True)
+    results = json.loads(attack.stdout)
+    assert results["ptrace_attach"] == "EPERM"
+    assert results["proc_mem"] in ("EACCES", "EPERM")
+    assert results["proc_environ"] in ("EACCES", "EPERM")
+    assert results["proc_fd"] in ("EACCES", "EPERM")
+    assert results["process_vm_readv"] == "EPERM"
+    assert results["pidfd_getfd"] == "EPERM"
+
+
+def test_refuses_to_start_without_cap_setpcap(sockdir: Path) -> None:
+    result = subprocess.run(["setpriv", "--bounding-set=-setpcap", "--inh-caps=-all",
+                             PRGUARD_SCRIPT, "-k", str(sockdir / "c.sock")],
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 1
+    assert result.stderr == "prguard: Failed to drop privileges: Operation not permitted\n"
+    assert not (sockdir / "c.sock").exists()
+
+
+def test_refuses_to_serve_when_seccomp_cannot_be_loaded(sockdir: Path) -> None:
+    """An outer filter that denies seccomp(2), as a too-strict unit would."""
+    wrapper = ("import errno,os,sys,pyseccomp as s\n"
+               "f=s.SyscallFilter(s.ALLOW)\n"
+               "f.add_rule(s.ERRNO(errno.EPERM),'seccomp')\n"
+               "f.add_rule(s.ERRNO(errno.EPERM),'prctl',s.Arg(0,s.EQ,22))\n"
+               "f.load()\n"
+               "os.execv(sys.argv[1],sys.argv[1:])\n")
+    result = subprocess.run([sys.executable, "-c", wrapper, PRGUARD_SCRIPT, "-k",
+                             str(sockdir / "s.sock")], capture_output=True, text=True,
+                            timeout=20)
+    assert result.returncode == 1
+    assert result.stderr.startswith("prguard: Failed to load the seccomp filter")
+    assert result.stderr.count("\n") == 1
+    assert not (sockdir / "s.sock").exists()
+
+
+def test_privilege_drop_refuses_a_second_thread() -> None:
+    script = ("import threading,time,sys\n"
+              "from shared import privileges\n"
+              "t=threading.Thread(target=time.sleep,args=(2,),daemon=True); t.start()\n"
+              "try:\n    privileges.drop(None, ('sys_rawio',))\n"
+              "except privileges.PrivilegeError as e:\n    print(e); sys.exit(0)\n"
+              "sys.exit(1)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=REPO, timeout=20)
+    assert result.returncode == 0
+    assert result.stdout == "Failed to drop privileges: more than one thread\n"
+
+
+def test_print_seccomp_shows_the_compiled_filters() -> None:
+    for role, needle in (("worker", "if ($a1.hi32 == 0)\n"), ("broker", "action ALLOW;")):
+        out = subprocess.run([PRGUARD_SCRIPT, f"--print-seccomp={role}"], capture_output=True,
+                             text=True, check=True).stdout
+        assert "# pseudo filter code start" in out
+        assert needle in out
+        assert "action KILL_PROCESS;" in out
+    worker = subprocess.run([PRGUARD_SCRIPT, "--print-seccomp", "worker"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "8837" in worker  # SG_IO (0x2285) compared in full
+    assert subprocess.run([PRGUARD_SCRIPT, "--print-seccomp=qemu"],
+                          capture_output=True).returncode == 1
+
+
+# -- the policy files themselves ---------------------------------------------------------
+
+@pytest.mark.parametrize("role", ["broker", "worker"])
+def test_policy_files_are_complete_and_reviewable(role: str) -> None:
+    import pyseccomp
+    policy = sandbox.load_policy(role)
+    assert policy.default == "kill_process"
+    for rule in policy.rules:
+        assert rule.why, rule
+        assert pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, rule.syscall) >= 0, rule
+    unconditional = {r.syscall for r in policy.allowed if not r.conditions}
+    for name in ("open", "openat", "execve", "socket", "connect", "ptrace", "clone", "fork"):
+        assert name not in {r.syscall for r in policy.allowed}
+    assert "ioctl" not in unconditional and "fcntl" not in unconditional
+    assert "mmap" not in unconditional and "mprotect" not in unconditional
+
+
+def test_worker_ioctl_is_sg_io_only() -> None:
+    rules = [r for r in sandbox.load_policy("worker").allowed if r.syscall == "ioctl"]
+    assert [str(r) for r in rules] == ["allow ioctl arg1 == 0x2285"]
+    broker = [r for r in sandbox.load_policy("broker").allowed if r.syscall == "ioctl"]
+    assert [str(r) for r in broker] == ["allow ioctl arg1 == 0x5421"]
+
+
+@pytest.mark.parametrize("text", [
+    "allow read # no default line",
+    "default kill_process\nallow read",
+    "default kill_process\nallow read arg9 == 1 # bad arg",
+    "default kill_process\nallow read arg1 > 1 # bad op",
+    "default kill_process\nallow Read # bad name",
+    "default kill_process\ndeny read # unknown action",
+    "default allow\nallow read # weak default",
+    "default kill_process\nallow read arg1 & $X == 0 # variable mask",
+])
+def test_malformed_policies_are_rejected(text: str) -> None:
+    with pytest.raises(PolicyError):
+        parse(text)
+
+
+def test_threads_share_the_filter() -> None:
+    """TSYNC: a thread that existed before the filter is confined too."""
+    script = ("import threading,os,time,sys\n"
+              "from shared import sandbox\n"
+              "ev=threading.Event()\n"
+              "def run():\n    ev.wait(); os.open('/etc/hostname', os.O_RDONLY)\n"
+              "t=threading.Thread(target=run); t.start()\n"
+              "sandbox.lock_down(sandbox.load_policy('worker'), {'SYSFS_BLOCK_FD': None})\n"
+              "ev.set(); t.join()\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, timeout=20)
+    assert result.returncode == -signal.SIGSYS
+
+
+def test_worker_alone_serves_with_the_filter(prguard: Helper, fd_zoo: dict[str, int]) -> None:
+    """A confined pair still does the work (SG_IO passes the filter)."""
+    from tests.helpers import Client, pr_in_cdb
+    with Client(prguard.path) as client:
+        assert client.request(pr_in_cdb(), fd_zoo["loop"])[0] == 2
