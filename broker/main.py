@@ -58,6 +58,7 @@ def run(listener: socket.socket, channel: socket.socket, config: BrokerConfig) -
         if not how.startswith("exit status"):  # an exit status means it said why itself
             log.error("the worker failed to start (%s); exiting", how)
         return 1
+    notifier = Notifier.from_environ()  # connect while the socket is still reachable
     try:
         sysfs_block = fdcheck.open_sysfs_block()
         policy = sandbox.load_policy("broker")
@@ -70,7 +71,8 @@ def run(listener: socket.socket, channel: socket.socket, config: BrokerConfig) -
         _unlink(config.created)
         _reap(config.worker_pid)
         return 1
-    return asyncio.run(_serve(listener, channel, config, sysfs_block, policy, probe))
+    return asyncio.run(_serve(listener, channel, config, sysfs_block, policy, probe,
+                              notifier))
 
 
 def _variables(config: BrokerConfig, sysfs_block: int) -> sandbox.Variables:
@@ -92,9 +94,9 @@ def _wakeup_fd() -> int | None:
 
 
 async def _serve(listener: socket.socket, channel: socket.socket, config: BrokerConfig,
-                 sysfs_block: int, policy: Policy, probe: Rule | None) -> int:
+                 sysfs_block: int, policy: Policy, probe: Rule | None,
+                 notifier: Notifier) -> int:
     loop = asyncio.get_running_loop()
-    notifier = Notifier.from_environ()
     worker = WorkerClient(channel)
     worker.start()
     assert worker.lost is not None
@@ -114,6 +116,7 @@ async def _serve(listener: socket.socket, channel: socket.socket, config: Broker
         sandbox.lock_down(policy, _variables(config, sysfs_block))
     except sandbox.SandboxError as exc:
         log.error("%s", exc)
+        notifier.close()
         broker.stop_accepting()
         _unlink(config.created)
         worker.close()
@@ -129,6 +132,7 @@ async def _serve(listener: socket.socket, channel: socket.socket, config: Broker
     waiters: set[asyncio.Future[int] | asyncio.Future[str]] = {stop, worker.lost}
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     notifier.send("STOPPING=1")
+    notifier.close()
     code = 0
     if worker.lost.done():
         how = _reap(config.worker_pid)

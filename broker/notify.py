@@ -36,3 +36,10 @@ class Notifier:
             return
         with contextlib.suppress(OSError):  # the manager went away: nothing to tell
             self._sock.send(state.encode())
+
+    def close(self) -> None:
+        """Close explicitly: a socket left to the garbage collector is described in a
+        ResourceWarning, which asks the kernel for addresses the policy does not allow."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
