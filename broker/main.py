@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
+from broker.limits import Limits
 from broker.notify import Notifier
 from broker.server import Broker, warm_up
 from broker.trace import Tracer
@@ -47,6 +49,7 @@ class BrokerConfig:
     created: CreatedSocket | None
     tracer: Tracer
     worker_pid: int
+    limits: Limits = field(default_factory=Limits)
     #: tests only: a forbidden syscall to attempt once confined (docs/SECURITY.md)
     seccomp_probe: str | None = None
 
@@ -100,7 +103,7 @@ async def _serve(listener: socket.socket, channel: socket.socket, config: Broker
     worker = WorkerClient(channel)
     worker.start()
     assert worker.lost is not None
-    broker = Broker(worker, sysfs_block, config.tracer)
+    broker = Broker(worker, sysfs_block, config.tracer, fit_to_fd_limit(config.limits))
     broker.listen(listener)
     stop: asyncio.Future[int] = loop.create_future()
 
@@ -149,6 +152,26 @@ async def _serve(listener: socket.socket, channel: socket.socket, config: Broker
     if code == 0:
         _reap(config.worker_pid)
     return code
+
+
+#: fds the broker keeps for itself (stdio, listener, channel, epoll, sysfs, notify, trace).
+RESERVED_FDS = 32
+
+
+def fit_to_fd_limit(limits: Limits) -> Limits:
+    """Never accept more clients than fds allow: each holds its socket and, while its
+    request is in flight, the device fd. Beyond that, clients wait in the backlog
+    rather than make accept() fail (and spin) with EMFILE."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return limits
+    budget = max((soft - RESERVED_FDS) // 2, 1)
+    if budget >= limits.max_connections:
+        return limits
+    log.warning("RLIMIT_NOFILE %d allows %d clients at once, not %d", soft, budget,
+                limits.max_connections)
+    return replace(limits, max_connections=budget,
+                   max_per_peer=min(limits.max_per_peer, budget))
 
 
 def _unlink(created: CreatedSocket | None) -> None:

@@ -14,6 +14,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from broker.limits import Admission, Limits
 from broker.trace import Tracer
 from broker.worker_client import WorkerClient, WorkerLost
 from shared import fdcheck, fdpass
@@ -95,6 +96,10 @@ def warm_up(sysfs_block_fd: int) -> None:
     del verdict
 
 
+class ReplyTimeout(Exception):
+    """A client left its reply unread past the deadline."""
+
+
 class ClientStream:
     """Non-blocking reads sized by the protocol, with or without a control buffer."""
 
@@ -124,26 +129,50 @@ class ClientStream:
         await asyncio.get_running_loop().sock_sendall(self.sock, data)
 
 
+#: How long accepting pauses when the process is out of fds (EMFILE/ENFILE): long enough
+#: not to spin, short enough that a client freeing a slot is soon noticed.
+ACCEPT_BACKOFF = 0.2
+
+
 class Broker:
     """Serves QEMU clients until told to stop or until the worker is lost."""
 
-    def __init__(self, worker: WorkerClient, sysfs_block_fd: int, tracer: Tracer) -> None:
+    def __init__(self, worker: WorkerClient, sysfs_block_fd: int, tracer: Tracer,
+                 limits: Limits) -> None:
         self._worker = worker
         self._sysfs_block_fd = sysfs_block_fd
         self._tracer = tracer
+        self._limits = limits
+        self._admission = Admission(limits)
         self._clients: set[asyncio.Task[None]] = set()
         self._active_requests = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
         self._listener: socket.socket | None = None
+        self._accepting = False
+        #: connections that have not completed their handshake, oldest first
+        self._handshaking: dict[asyncio.Task[None], Peer] = {}
+        #: connections closed to make room, whose slot is already released
+        self._evicted: set[asyncio.Task[None]] = set()
 
     # -- accepting ---------------------------------------------------------------------
 
     def listen(self, listener: socket.socket) -> None:
         listener.setblocking(False)
         self._listener = listener
-        asyncio.get_running_loop().add_reader(listener.fileno(), self._accept)
+        self._resume_accepting()
+
+    def _resume_accepting(self) -> None:
+        if self._listener is not None and not self._accepting and not self._stopping:
+            asyncio.get_running_loop().add_reader(self._listener.fileno(), self._accept)
+            self._accepting = True
+
+    def _pause_accepting(self) -> None:
+        """Connections wait in the backlog (then get EAGAIN) instead of being spun on."""
+        if self._listener is not None and self._accepting:
+            asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            self._accepting = False
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -152,17 +181,66 @@ class Broker:
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
         except OSError as exc:
-            log.error("accept failed: %s", exc.strerror)
+            log.error("accept failed: %s; pausing %.1f s", exc.strerror, ACCEPT_BACKOFF)
+            self._pause_accepting()
+            asyncio.get_running_loop().call_later(ACCEPT_BACKOFF, self._resume_accepting)
             return
-        task = asyncio.get_running_loop().create_task(self._serve_client(sock))
+        try:
+            peer = peer_of(sock)
+        except OSError:
+            sock.close()
+            return
+        if self._admission.full and not self._admission.at_peer_limit(peer.pid):
+            self._evict_one_handshaking()
+        refusal = self._admission.admit(peer.pid)
+        if refusal is not None:
+            log.warning("%s: connection refused: %s", peer, refusal)
+            sock.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._serve_client(sock, peer))
         self._clients.add(task)
+        self._handshaking[task] = peer
         task.add_done_callback(self._clients.discard)
+        if self._admission.full and not self._handshaking:
+            log.warning("%d connections open: not accepting until one closes",
+                        self._admission.total)
+            self._pause_accepting()
+
+    def _evict_one_handshaking(self) -> None:
+        """All slots taken: the oldest connection that has not even answered the
+        handshake makes room (QEMU answers at once; a flood of silent connections must
+        not lock a real client out until their deadlines pass)."""
+        for task, peer in self._handshaking.items():
+            del self._handshaking[task]
+            self._evicted.add(task)
+            self._admission.release(peer.pid)
+            task.cancel()
+            log.info("%s: closing a connection still in its handshake to make room", peer)
+            return
+
+    def _handshake_done(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handshaking.pop(task, None)
+        if self._admission.full and not self._handshaking:
+            self._pause_accepting()
+
+    def _release(self, peer: Peer) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handshaking.pop(task, None)
+            if task in self._evicted:
+                self._evicted.discard(task)
+                return
+        self._admission.release(peer.pid)
+        if not self._admission.full:
+            self._resume_accepting()
 
     def stop_accepting(self) -> None:
         """No new clients; requests already read are finished and answered."""
         self._stopping = True
+        self._pause_accepting()
         if self._listener is not None:
-            asyncio.get_running_loop().remove_reader(self._listener.fileno())
             self._listener.close()
             self._listener = None
 
@@ -177,25 +255,35 @@ class Broker:
 
     # -- one client --------------------------------------------------------------------
 
-    async def _serve_client(self, sock: socket.socket) -> None:
+    async def _serve_client(self, sock: socket.socket, peer: Peer) -> None:
         stream = ClientStream(sock)
         conn = ServerConnection()
         reason = "closed by the client"
-        try:
-            peer = peer_of(sock)
-        except OSError:
-            peer = Peer(0, -1, -1)
+        loop = asyncio.get_running_loop()
+        started: float | None = None  # when the message now in progress began
         self._tracer.emit("prguard_client_connect", pid=peer.pid, uid=peer.uid, gid=peer.gid)
         log.debug("client connected: %s", peer)
         try:
-            await stream.write(conn.initiate())
+            await self._write(stream, conn.initiate())
             while not self._stopping:
                 event = conn.next_event()
                 if event is NEED_DATA:
-                    data, fds, truncated = await stream.read(conn.wanted())
+                    if not conn.mid_message:
+                        started = None
+                    elif started is None:
+                        started = loop.time()
+                    deadline = None if started is None else (
+                        started + self._limits.message_deadline)
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            data, fds, truncated = await stream.read(conn.wanted())
+                    except TimeoutError:
+                        raise QemuProtocolError(
+                            f"message not completed within {self._limits.message_deadline:g} s"
+                        ) from None
                     conn.receive_data(data, fds, truncated)
                 elif isinstance(event, FeaturesAgreed):
-                    continue
+                    self._handshake_done()
                 elif isinstance(event, Closed):
                     break
                 elif isinstance(event, PrRequest):
@@ -205,13 +293,25 @@ class Broker:
             if exc.message:
                 log.warning("%s", exc.message)
             log.info("%s: closing connection: %s", peer, exc.reason)
-        except OSError as exc:
-            reason = f"socket error: {exc.strerror}"
-            log.info("%s: %s", peer, reason)
+        except asyncio.CancelledError:
+            reason = "closed by prguard"
+            raise
+        except (OSError, ReplyTimeout) as exc:
+            reason = str(exc) if isinstance(exc, ReplyTimeout) else f"socket error: {exc.strerror}"
+            log.info("%s: closing connection: %s", peer, reason)
         finally:
             fdpass.close_all(conn.take_fds())
             sock.close()
+            self._release(peer)
             self._tracer.emit("prguard_client_close", pid=peer.pid, reason=repr(reason))
+
+    async def _write(self, stream: ClientStream, data: bytes) -> None:
+        try:
+            async with asyncio.timeout(self._limits.reply_deadline):
+                await stream.write(data)
+        except TimeoutError:
+            raise ReplyTimeout(f"reply not read within {self._limits.reply_deadline:g} s"
+                               ) from None
 
     async def _serve_request(self, stream: ClientStream, conn: ServerConnection,
                              request: PrRequest, peer: Peer) -> None:
@@ -227,7 +327,7 @@ class Broker:
                 os.close(request.fd)
             self._tracer.emit("prguard_reply", pid=peer.pid, status=hex(reply.status),
                               sense=sense_text(reply), size=len(reply.data))
-            await stream.write(conn.send_reply(reply))
+            await self._write(stream, conn.send_reply(reply))
         finally:
             self._active_requests -= 1
             if not self._active_requests:
@@ -247,10 +347,16 @@ class Broker:
                      verdict.reason)
             return reply
         try:
-            answer = await self._worker.sg_io(request.cdb, request.parameter_list, request.fd)
+            async with asyncio.timeout(self._limits.worker_deadline):
+                answer = await self._worker.sg_io(request.cdb, request.parameter_list,
+                                                  request.fd)
         except WorkerLost as exc:
             log.error("%s: %s: outcome unknown, worker lost (%s)", peer,
                       describe(request.cdb), exc)
+            return PrReply(Status.CHECK_CONDITION, Sense.LUN_COMM_FAILURE.fixed_format())
+        except TimeoutError:
+            log.error("%s: %s: no answer from the worker within %g s; outcome unknown", peer,
+                      describe(request.cdb), self._limits.worker_deadline)
             return PrReply(Status.CHECK_CONDITION, Sense.LUN_COMM_FAILURE.fixed_format())
         if isinstance(answer, Refused):
             log.warning("%s: %s refused by the worker: %s", peer, describe(request.cdb),

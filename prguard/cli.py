@@ -14,6 +14,7 @@ import pwd
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from broker.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_PEER, DEFAULT_MESSAGE_DEADLINE
 from broker.trace import TraceOptionError, TraceSpec
 
 DEFAULT_SOCKET = "/var/run/qemu-pr-helper.sock"
@@ -32,7 +33,8 @@ C_LONG = {
     "trace": "T", "user": "u", "group": "g", "verbose": "v", "quiet": "q",
 }
 #: prguard's own long options (all take an argument); exact spelling only.
-OWN_LONG = {"sg-timeout", "sg-threads", "sg-per-device", "print-seccomp"}
+OWN_LONG = {"sg-timeout", "sg-threads", "sg-per-device", "print-seccomp", "max-connections",
+            "max-connections-per-peer", "client-timeout"}
 
 
 class UsageError(Exception):
@@ -68,6 +70,9 @@ class Options:
     sg_threads: int = DEFAULT_SG_THREADS
     sg_per_device: int = DEFAULT_SG_PER_DEVICE
     print_seccomp: str | None = None
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_per_peer: int = DEFAULT_MAX_PER_PEER
+    client_timeout: float = DEFAULT_MESSAGE_DEADLINE
 
     @property
     def log_level(self) -> int:
@@ -161,6 +166,15 @@ def _apply(opts: Options, key: str, value: str | None, warn: Callable[[str], Non
         if value not in ("broker", "worker"):
             raise UsageError(f"--print-seccomp takes broker or worker, not '{value}'")
         opts.print_seccomp = value
+    elif key == "max-connections":
+        assert value is not None
+        opts.max_connections = int(_positive(key, value, int))
+    elif key == "max-connections-per-peer":
+        assert value is not None
+        opts.max_per_peer = int(_positive(key, value, int))
+    elif key == "client-timeout":
+        assert value is not None
+        opts.client_timeout = _positive(key, value, float)
     elif key == "sg-per-device":
         assert value is not None
         opts.sg_per_device = int(_positive(key, value, int))
@@ -278,6 +292,12 @@ prguard options (spelled in full):
       --sg-timeout=SECONDS  SG_IO timeout (default {DEFAULT_SG_TIMEOUT:g})
       --sg-threads=N        SG_IO calls run at once (default {DEFAULT_SG_THREADS})
       --sg-per-device=N     of which for one device at most (default {DEFAULT_SG_PER_DEVICE})
+      --max-connections=N   clients served at once (default {DEFAULT_MAX_CONNECTIONS})
+      --max-connections-per-peer=N
+                            of which from one client process (default {DEFAULT_MAX_PER_PEER})
+      --client-timeout=SECONDS
+                            to finish a message once started, and to read a
+                            reply (default {DEFAULT_MESSAGE_DEADLINE:g})
       --print-seccomp=broker|worker
                             print that process's compiled seccomp filter and exit
 

@@ -15,6 +15,7 @@ from typing import TextIO
 
 from broker import main as broker_main
 from broker import trace
+from broker.limits import WORKER_GRACE, Limits
 from prguard import __version__, cli, daemon, listen, logs
 from shared import sandbox
 from shared.privileges import Identity
@@ -141,6 +142,10 @@ def _fork_pair(opts: cli.Options, listener: listen.Listener, tracer: trace.Trace
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     return broker_main.run(listener.sock, broker_end, broker_main.BrokerConfig(
         identity=identity, created=listener.created, tracer=tracer, worker_pid=pid,
+        limits=Limits(max_connections=opts.max_connections, max_per_peer=opts.max_per_peer,
+                      message_deadline=opts.client_timeout,
+                      reply_deadline=opts.client_timeout,
+                      worker_deadline=opts.sg_timeout + WORKER_GRACE),
         seccomp_probe=probe_call if probe_role == "broker" else None,
     ))
 

@@ -165,6 +165,14 @@ class ServerConnection:
     def state(self) -> State:
         return self._state
 
+    @property
+    def mid_message(self) -> bool:
+        """The peer has started a message (or owes its handshake) and not finished it:
+        the time it may take for that is bounded; idle time between requests is not."""
+        if self._state in (State.RECV_FEATURES, State.RECV_PARAMETERS):
+            return True
+        return self._state is State.RECV_CDB and bool(self._buf.data or self._cdb_fds)
+
     def initiate(self) -> bytes:
         """The helper speaks first: its supported-features word."""
         self._expect(State.SEND_FEATURES, "initiate")

@@ -261,8 +261,8 @@ class Client:
 
     def __init__(self, path: str, timeout: float = 10.0) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)  # blocking, as QEMU's: waits for room in a full backlog
         self.sock.settimeout(timeout)
-        self.sock.connect(path)
         self.features = int.from_bytes(self._exact(4), "big")
         self.sock.sendall(bytes(4))
 
