@@ -1,13 +1,18 @@
-# prguard: `make test` and `make run` do their own set-up on a fresh Debian 12 (as root).
+# prguard: `make demo` and `make test` do their own set-up on a fresh Debian 12 (as root).
 
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Build needs for python-prctl (libcap-dev, gcc), the reference helper for the
-# differential tests (qemu-system-common), loop-device partitions (fdisk, util-linux).
-DEBS := gcc libcap-dev libseccomp2 qemu-system-common fdisk util-linux procps
+# gcc, libcap-dev: build python-prctl. qemu-system-common: the reference helper the
+# differential tests compare against. fdisk, util-linux: partitioned loop devices.
+# linux-image-amd64, qemu-system-x86, kmod: the lab's SCSI target in a VM (virtme-ng).
+DEBS := gcc libcap-dev libseccomp2 qemu-system-common fdisk util-linux procps strace \
+        linux-image-amd64 qemu-system-x86 kmod
+FUZZ_SECONDS ?= 60
+SOAK_SECONDS ?= 120
 
-.PHONY: all deps venv lint typecheck test run clean
+.PHONY: all deps venv lint typecheck pytest fuzz-short fuzz soak test run demo clean
 
 all: test
 
@@ -32,8 +37,33 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: lint typecheck
+pytest: venv
 	$(BIN)/pytest -q
+
+# Each fuzzer for FUZZ_SECONDS; a crash is saved under fuzz/regressions/ and fails.
+fuzz-short: venv
+	@for target in qemu_protocol messages; do \
+	  corpus=$$(mktemp -d); \
+	  echo "fuzzing $$target for $(FUZZ_SECONDS) s"; \
+	  $(BIN)/python fuzz/fuzz_$$target.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -artifact_prefix=fuzz/regressions/$${target%_protocol}- $$corpus fuzz/corpus/$${target%_protocol} \
+	    2>&1 | grep -E '^(stat::number_of_executed_units|==[0-9]+==|=== Uncaught)' ; \
+	  status=$${PIPESTATUS[0]}; rm -rf $$corpus; [ $$status -eq 0 ] || exit $$status; \
+	done
+
+fuzz: FUZZ_SECONDS = 600
+fuzz: fuzz-short
+
+# 50 clients, mixed valid and hostile traffic, against one prguard for SOAK_SECONDS.
+soak: venv
+	@disk=$$(mktemp /tmp/prguard-soak.XXXXXX); truncate -s 16M $$disk; \
+	dev=$$(losetup -f --show $$disk); sock=$$(mktemp -u /tmp/prguard-soak.XXXXXX.sock); \
+	$(BIN)/prguard -k $$sock --max-connections-per-peer=100 2>/dev/null & pid=$$!; \
+	while [ ! -S $$sock ]; do sleep 0.05; done; sleep 0.5; \
+	$(BIN)/python -m tests.soak $$sock $$dev $(SOAK_SECONDS) 50 $$pid; status=$$?; \
+	kill $$pid; wait $$pid; losetup -d $$dev; rm -f $$disk; exit $$status
+
+test: lint typecheck pytest fuzz-short
 
 # The helper in the foreground on the default socket, logging each request.
 run: venv

@@ -29,8 +29,7 @@ def wait_for_path(path: str, proc: subprocess.Popen[bytes], timeout: float = 10.
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):
         if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"helper exited {proc.returncode} before listening: {err}")
+            raise RuntimeError(f"helper exited {proc.returncode} before listening")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} did not appear")
         time.sleep(0.005)
@@ -38,11 +37,13 @@ def wait_for_path(path: str, proc: subprocess.Popen[bytes], timeout: float = 10.
 
 @dataclass
 class Helper:
-    """A running helper (prguard or the C one) on its own socket."""
+    """A running helper (prguard or the C one) on its own socket. Its stderr goes to a
+    file: a pipe nobody reads would fill and block the helper's logging."""
 
     argv: list[str]
     path: str
     proc: subprocess.Popen[bytes]
+    stderr_file: Path
 
     @property
     def pid(self) -> int:
@@ -59,17 +60,18 @@ class Helper:
             raise
 
     def stderr_text(self) -> str:
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read().decode(errors="replace")
+        return self.stderr_file.read_text(errors="replace")
 
 
 def start_helper(cmd: Sequence[str], path: str, *extra: str) -> Helper:
     argv = [*cmd, "-k", path, *extra]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, cwd=REPO)
+    stderr_file = Path(path + ".stderr")
+    with open(stderr_file, "wb") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err, cwd=REPO)
     wait_for_path(path, proc)
     wait_for_service(path)
-    return Helper(argv, path, proc)
+    return Helper(argv, path, proc, stderr_file)
 
 
 def wait_for_service(path: str, timeout: float = 10.0) -> None:
