@@ -67,6 +67,12 @@ SCRIPTS: dict[str, list[Step]] = {
                                       Recv(REPLY)],
     "fd with the parameter list is dropped": [*HELLO, Send(pr_out_cdb(0, 24), ("loop",)),
                                               Send(bytes(24), ("file",)), Recv(REPLY)],
+    "fd only with the parameter list": [*HELLO, Send(pr_out_cdb(0, 24)),
+                                        Send(bytes(24), ("loop",)), Recv(REPLY)],
+    "PR OUT length bytes 5-8 all ones": [*HELLO, *request(b"\x5f" + bytes(4) + b"\xff" * 4
+                                                          + bytes(7))],
+    "reserved and control bytes set": [*HELLO, *request(
+        bytes([0x5E, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x18, 0xFF]) + b"\xff" * 6)],
     "WRITE(10)": [*HELLO, *request(b"\x2a" + bytes(15))],
     "INQUIRY": [*HELLO, *request(b"\x12" + bytes(15))],
     "ATA PASS-THROUGH(16)": [*HELLO, *request(b"\x85" + bytes(15))],
