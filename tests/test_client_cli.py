@@ -22,7 +22,7 @@ from prguard.client.cli import main
 from shared.fdpass import ANCILLARY_SPACE, close_all, fds_from_ancillary
 from shared.qemu_protocol import NEED_DATA, Closed, PrReply, PrRequest, ServerConnection
 from shared.scsi import ZERO_SENSE, Sense, Status
-from tests.helpers import C_HELPER, REPO, Helper
+from tests.helpers import REPO, Helper
 
 CLI = [sys.executable, "-m", "prguard.client.cli"]
 ILLEGAL_FIELD = "CHECK CONDITION: ILLEGAL REQUEST, invalid field in CDB (05/24/00)"
@@ -118,7 +118,6 @@ def test_verbose_shows_the_bytes(capsys: pytest.CaptureFixture[str], prguard: He
     ]
 
 
-@pytest.mark.skipif(not os.path.exists(C_HELPER), reason="qemu-pr-helper not installed")
 def test_the_c_helper_gives_the_same_answer(capsys: pytest.CaptureFixture[str],
                                             c_helper: Helper, loop_disk: str) -> None:
     got = run(capsys, "--socket", c_helper.path, "--read-keys", loop_disk)

@@ -16,7 +16,8 @@ the way the deviation says, and the detail says what differed.
 After the steps, the fencing story (Pacemaker fence_scsi) runs through prguard alone on a
 third LU (f): real WRITEs through the preempted node's block device must fail with
 RESERVATION CONFLICT, the survivor's must succeed. Last, CLOCK_CASE starts another
-prguard with a clocksource the vDSO cannot read (tests/test_lab.py: a known bug, xfail).
+prguard with a clocksource the vDSO cannot read (hpet): every clock_gettime is then a
+real system call, which the seccomp policies must allow.
 
 udevd is stopped once LIO is up: it re-reads the partition table of every sd node an fd
 opened for writing was closed on, and those READs spend pending unit attentions at
