@@ -92,27 +92,26 @@ def client_loop(path: str, device: str, until: float, seed: int, tally: Tally) -
             os.close(fd)
 
 
+def run_clients(path: str, device: str, seconds: float, clients: int, seed: int,
+                tally: Tally) -> None:
+    until = time.monotonic() + seconds
+    threads = [threading.Thread(target=client_loop, args=(path, device, until, seed + i, tally))
+               for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    time.sleep(0.5)  # let the helper finish closing what the clients left
+
+
 def soak(path: str, broker: int, device: str, seconds: float, clients: int = 50
          ) -> tuple[Tally, Sample, Sample]:
+    """A warm-up round (allocator and caches settle), then the measured round."""
     (worker,) = children(broker)
     tally = Tally()
-    warm_until = time.monotonic() + min(5.0, seconds / 4)
-    threads = [threading.Thread(target=client_loop, args=(path, device, warm_until, i, tally))
-               for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    time.sleep(0.5)
+    run_clients(path, device, min(5.0, seconds / 4), clients, 0, tally)
     before = sample(broker, worker)
-    until = time.monotonic() + seconds
-    threads = [threading.Thread(target=client_loop, args=(path, device, until, 1000 + i, tally))
-               for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    time.sleep(0.5)
+    run_clients(path, device, seconds, clients, 1000, tally)
     return tally, before, sample(broker, worker)
 
 
