@@ -319,14 +319,17 @@ class Broker:
         self._idle.clear()
         try:
             try:
-                self._tracer.emit("prguard_request", pid=peer.pid, opcode=hex(request.cdb[0]),
-                                  sa=hex(service_action(request.cdb)),
-                                  length=request.transfer_length)
+                if self._tracer.on("prguard_request"):
+                    self._tracer.emit("prguard_request", pid=peer.pid,
+                                      opcode=hex(request.cdb[0]),
+                                      sa=hex(service_action(request.cdb)),
+                                      length=request.transfer_length)
                 reply = await self._answer(request, peer)
             finally:
                 os.close(request.fd)
-            self._tracer.emit("prguard_reply", pid=peer.pid, status=hex(reply.status),
-                              sense=sense_text(reply), size=len(reply.data))
+            if self._tracer.on("prguard_reply"):
+                self._tracer.emit("prguard_reply", pid=peer.pid, status=hex(reply.status),
+                                  sense=sense_text(reply), size=len(reply.data))
             await self._write(stream, conn.send_reply(reply))
         finally:
             self._active_requests -= 1
@@ -341,10 +344,12 @@ class Broker:
         verdict = check_request(request.cdb, facts)
         if verdict is not None:
             reply = PrReply(verdict.status, verdict.sense_bytes)
-            self._tracer.emit("prguard_refused", pid=peer.pid, reason=repr(verdict.reason),
-                              status=hex(reply.status), sense=str(verdict.sense))
-            log.info("%s: %s -> %s (%s)", peer, describe(request.cdb), verdict.sense,
-                     verdict.reason)
+            if self._tracer.on("prguard_refused"):
+                self._tracer.emit("prguard_refused", pid=peer.pid, reason=repr(verdict.reason),
+                                  status=hex(reply.status), sense=str(verdict.sense))
+            if log.isEnabledFor(logging.INFO):  # the request path: format only if shown
+                log.info("%s: %s -> %s (%s)", peer, describe(request.cdb), verdict.sense,
+                         verdict.reason)
             return reply
         try:
             async with asyncio.timeout(self._limits.worker_deadline):
@@ -369,6 +374,7 @@ class Broker:
                       len(answer.data), describe(request.cdb))
             return PrReply(Status.CHECK_CONDITION, Sense.LUN_COMM_FAILURE.fixed_format())
         reply = PrReply(answer.status, answer.sense, answer.data)
-        log.info("%s: %s -> status %#04x sense %s, %d bytes", peer, describe(request.cdb),
-                 reply.status, sense_text(reply), len(reply.data))
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s: %s -> status %#04x sense %s, %d bytes", peer, describe(request.cdb),
+                     reply.status, sense_text(reply), len(reply.data))
         return reply
