@@ -65,6 +65,10 @@ soak: venv
 
 test: lint typecheck pytest fuzz-short
 
+# The fence_scsi story through prguard-client, in the lab VM (tests/lab): about 1-2 minutes.
+demo: venv
+	$(BIN)/python -m demo.run
+
 # The helper in the foreground on the default socket, logging each request.
 run: venv
 	$(BIN)/prguard -v
