@@ -275,8 +275,11 @@ class Broker:
                     deadline = None if started is None else (
                         started + self._limits.message_deadline)
                     try:
-                        async with asyncio.timeout_at(deadline):
+                        if deadline is None:  # between messages: no deadline to keep
                             data, fds, truncated = await stream.read(conn.wanted())
+                        else:
+                            async with asyncio.timeout_at(deadline):
+                                data, fds, truncated = await stream.read(conn.wanted())
                     except TimeoutError:
                         raise QemuProtocolError(
                             f"message not completed within {self._limits.message_deadline:g} s"
@@ -306,6 +309,13 @@ class Broker:
             self._tracer.emit("prguard_client_close", pid=peer.pid, reason=repr(reason))
 
     async def _write(self, stream: ClientStream, data: bytes) -> None:
+        try:  # the common case: the whole reply fits in the socket buffer at once
+            sent = stream.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
         try:
             async with asyncio.timeout(self._limits.reply_deadline):
                 await stream.write(data)

@@ -1,13 +1,16 @@
-"""The SG_IO pool: bounded, and a stuck device holds only its own share of threads."""
+"""The per-device gate: a stuck device holds only its own share of the worker's threads."""
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 
+import pytest
+
 from shared.messages import SgIoRequest
 from worker.handler import Job
-from worker.scheduler import Scheduler
+from worker.scheduler import DeviceGate
 
 
 def job(rdev: int, rid: int) -> Job:
@@ -17,33 +20,49 @@ def job(rdev: int, rid: int) -> Job:
 def test_a_stuck_device_cannot_take_every_thread() -> None:
     release = threading.Event()
     done: list[int] = []
-    running_stuck = 0
+    stuck_running = 0
     lock = threading.Lock()
 
     def execute(j: Job) -> None:
-        nonlocal running_stuck
+        nonlocal stuck_running
         if j.rdev == 1:
             with lock:
-                running_stuck += 1
+                stuck_running += 1
             release.wait(10)
         with lock:
             done.append(j.request.id)
 
-    scheduler = Scheduler(threads=4, per_device=2, execute=execute)
-    scheduler.start()
+    gate = DeviceGate(per_device=2, execute=execute)
+    inbox: queue.Queue[Job] = queue.Queue()
+
+    def receiver() -> None:  # as the worker's threads: take the next request, run it
+        while True:
+            gate.run(inbox.get())
+
+    for _ in range(4):
+        threading.Thread(target=receiver, daemon=True).start()
     for rid in range(10):
-        scheduler.submit(job(1, rid))  # a LUN that never answers
+        inbox.put(job(1, rid))  # a LUN that never answers
     for rid in range(100, 110):
-        scheduler.submit(job(2, rid))  # a healthy one
+        inbox.put(job(2, rid))  # a healthy one
     deadline = time.monotonic() + 5
     while len(done) < 10:
         assert time.monotonic() < deadline, done
         time.sleep(0.01)
     assert sorted(done) == list(range(100, 110))
-    assert running_stuck == 2  # at most per_device threads on the stuck LUN
+    assert stuck_running == 2  # at most per_device threads on the stuck LUN
     release.set()
     deadline = time.monotonic() + 5
     while len(done) < 20:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert sorted(done) == list(range(10)) + list(range(100, 110))
+
+
+def test_parked_jobs_run_in_order_on_the_freeing_thread() -> None:
+    order: list[int] = []
+    gate = DeviceGate(per_device=1, execute=lambda j: order.append(j.request.id))
+    gate.run(job(5, 1))
+    assert order == [1]
+    with pytest.raises(ValueError):
+        DeviceGate(per_device=0, execute=lambda j: None)

@@ -1,7 +1,8 @@
 """What the worker does with one datagram: decode, re-validate, run, answer.
 
 Pure decisions over the datagram and fd facts; the SG_IO itself is injected so the
-scheduler can run it on a pool thread and tests can see every refusal without a device.
+receiving thread runs it through the per-device gate and tests can see every refusal
+without a device.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 Runs in a child forked by the launcher before any thread exists. Order: signals, the
 sysfs directory fd, privileges, parent-death signal (after the uid change, which resets
-it), the SG_IO pool threads, a warm-up of every code path the loop uses, the seccomp
-filter (all threads), then Ready. Exits 0 when the broker closes the channel in an
-orderly way, 1 when the broker died under it or on any fault.
+it), the receiving threads (each receives a request and runs its SG_IO itself), a
+warm-up of every code path they use, the seccomp filter (all threads), then Ready.
+Exits 0 when the broker closes the channel in an orderly way, 1 when the broker died
+under it or on any fault.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 from dataclasses import dataclass
 from functools import partial
 from typing import NoReturn
@@ -26,7 +28,7 @@ from shared.messages import Malformed, Ready, SgIoRequest, decode
 from shared.privileges import Identity
 from worker import handler, sgio
 from worker.outcome import map_outcome
-from worker.scheduler import Scheduler
+from worker.scheduler import DeviceGate
 
 log = logging.getLogger("prguard.worker")
 
@@ -106,8 +108,12 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
         if os.getppid() != broker_pid:
             _die("worker: the broker died during start-up")
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1)
-        scheduler = Scheduler(config.threads, config.per_device, execute)
-        scheduler.start()
+        gate = DeviceGate(config.per_device, execute)
+        receivers = [threading.Thread(target=_receive_loop, name=f"sgio-{i}", daemon=True,
+                                      args=(channel, sysfs_block, gate, broker_pid))
+                     for i in range(config.threads - 1)]
+        for thread in receivers:  # started before the filter: no clone once confined
+            thread.start()
         _warm_up(sysfs_block, config.sg_timeout_ms)
         sandbox.lock_down(policy, {"SYSFS_BLOCK_FD": sysfs_block})
     except (OSError, privileges.PrivilegeError, sandbox.SandboxError) as exc:
@@ -118,6 +124,12 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
     log.debug("worker: pid %d serving; SG_IO timeout %d ms, %d threads, %d per device",
               os.getpid(), config.sg_timeout_ms, config.threads, config.per_device)
     _send(channel, Ready(os.getpid()).encode())
+    _receive_loop(channel, sysfs_block, gate, broker_pid)  # the main thread is one more
+
+
+def _receive_loop(channel: socket.socket, sysfs_block: int, gate: DeviceGate,
+                  broker_pid: int) -> NoReturn:
+    """One of the worker's threads: receive a request, check it, run it (or park it)."""
     while True:
         try:
             got = fdpass.recv_message(channel)
@@ -139,7 +151,7 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
                 facts = None
         outcome = handler.screen(datagram, fd, facts)
         if isinstance(outcome, handler.Job):
-            scheduler.submit(outcome)
+            gate.run(outcome)
             continue
         if fd is not None:
             os.close(fd)

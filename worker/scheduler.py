@@ -1,8 +1,10 @@
-"""A bounded pool of SG_IO threads with a per-device cap.
+"""The per-device cap on SG_IO calls, for threads that each receive and run requests.
 
-A LUN that stops answering can hold at most `per_device` threads; requests for other
-devices still find a free thread. Threads are started before the seccomp filter is
-loaded (no clone afterwards) and live as long as the process.
+Every worker thread receives from the channel itself and runs what it receives: no
+hand-off between threads on the common path. A device already running `per_device`
+calls gets further jobs parked; the thread that finishes one of its calls runs the next
+parked job, so a LUN that stops answering holds at most `per_device` threads and the
+other threads go on receiving and serving other devices.
 """
 
 from __future__ import annotations
@@ -14,54 +16,34 @@ from collections.abc import Callable
 from worker.handler import Job
 
 
-class Scheduler:
-    def __init__(self, threads: int, per_device: int,
-                 execute: Callable[[Job], None]) -> None:
-        if threads < 1 or per_device < 1:
-            raise ValueError("need at least one thread and one slot per device")
-        self._execute = execute
+class DeviceGate:
+    def __init__(self, per_device: int, execute: Callable[[Job], None]) -> None:
+        if per_device < 1:
+            raise ValueError("need at least one slot per device")
         self._per_device = per_device
+        self._execute = execute
         self._lock = threading.Lock()
-        self._ready: deque[Job] = deque()
-        self._parked: dict[int, deque[Job]] = {}
         self._running: dict[int, int] = {}
-        self._wakeup = threading.Condition(self._lock)
-        self._threads = [threading.Thread(target=self._loop, name=f"sgio-{i}", daemon=True)
-                         for i in range(threads)]
+        self._parked: dict[int, deque[Job]] = {}
 
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, job: Job) -> None:
+    def run(self, job: Job) -> None:
+        """Run `job` now, then whatever got parked for its device meanwhile; or park it
+        and return at once if its device is at its cap."""
         with self._lock:
-            busy = self._running.get(job.rdev, 0) + self._count_ready(job.rdev)
-            if busy >= self._per_device:
+            if self._running.get(job.rdev, 0) >= self._per_device:
                 self._parked.setdefault(job.rdev, deque()).append(job)
-            else:
-                self._ready.append(job)
-                self._wakeup.notify()
-
-    def _count_ready(self, rdev: int) -> int:
-        return sum(1 for job in self._ready if job.rdev == rdev)
-
-    def _loop(self) -> None:
+                return
+            self._running[job.rdev] = self._running.get(job.rdev, 0) + 1
         while True:
+            self._execute(job)
             with self._lock:
-                while not self._ready:
-                    self._wakeup.wait()
-                job = self._ready.popleft()
-                self._running[job.rdev] = self._running.get(job.rdev, 0) + 1
-            try:
-                self._execute(job)
-            finally:
-                with self._lock:
-                    self._running[job.rdev] -= 1
-                    if not self._running[job.rdev]:
-                        del self._running[job.rdev]
-                    parked = self._parked.get(job.rdev)
-                    if parked:
-                        self._ready.append(parked.popleft())
-                        if not parked:
-                            del self._parked[job.rdev]
-                        self._wakeup.notify()
+                waiting = self._parked.get(job.rdev)
+                if waiting:
+                    job = waiting.popleft()
+                    if not waiting:
+                        del self._parked[job.rdev]
+                    continue
+                self._running[job.rdev] -= 1
+                if not self._running[job.rdev]:
+                    del self._running[job.rdev]
+                return
