@@ -12,7 +12,7 @@ DEBS := gcc libcap-dev libseccomp2 qemu-system-common fdisk util-linux procps st
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 120
 
-.PHONY: all deps venv lint typecheck pytest fuzz-short fuzz soak test run demo clean
+.PHONY: all deps venv lint typecheck pytest fuzz-short fuzz soak test run demo clean bench
 
 all: test
 
@@ -64,6 +64,11 @@ soak: venv
 	kill $$pid; wait $$pid; losetup -d $$dev; rm -f $$disk; exit $$status
 
 test: lint typecheck pytest fuzz-short
+
+# prguard vs qemu-pr-helper vs a raw SG_IO ioctl, host and lab guest (bench/README.md).
+# BENCH_ARGS: e.g. --no-lab, --rounds 5, --duration 3.
+bench: venv
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The fence_scsi story through prguard-client, in the lab VM (tests/lab): about 1-2 minutes.
 demo: venv

@@ -1,0 +1,1 @@
+"""prguard's benchmark: `make bench` (python -m bench). See bench/README.md."""
