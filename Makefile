@@ -6,9 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 # gcc, libcap-dev: build python-prctl. qemu-system-common: the reference helper the
 # differential tests compare against. fdisk, util-linux: partitioned loop devices.
-# linux-image-amd64, qemu-system-x86, kmod: the lab's SCSI target in a VM (virtme-ng).
+# linux-image-amd64, qemu-system-x86, kmod: the lab's SCSI target in a VM (virtme-ng);
+# sg3-utils, busybox-static: the nested guest that runs QEMU against prguard in the lab.
 DEBS := gcc libcap-dev libseccomp2 qemu-system-common fdisk util-linux procps strace \
-        linux-image-amd64 qemu-system-x86 kmod
+        linux-image-amd64 qemu-system-x86 kmod sg3-utils busybox-static
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 120
 

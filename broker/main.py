@@ -41,6 +41,8 @@ class CreatedSocket:
     path: str
     dir_fd: int
     name: str
+    #: (st_dev, st_ino) of the socket as created: another instance may have replaced it
+    identity: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -175,9 +177,15 @@ def fit_to_fd_limit(limits: Limits) -> Limits:
 
 
 def _unlink(created: CreatedSocket | None) -> None:
+    """Remove our socket, unless another instance has since taken the path over (the C
+    helper removes whatever is there, cutting the newer instance off)."""
     if created is None:
         return
     try:
+        st = os.stat(created.name, dir_fd=created.dir_fd, follow_symlinks=False)
+        if (st.st_dev, st.st_ino) != created.identity:
+            log.info("%s now belongs to another instance: left in place", created.path)
+            return
         os.unlink(created.name, dir_fd=created.dir_fd)
     except FileNotFoundError:
         pass

@@ -111,9 +111,10 @@ def create(path: str) -> Listener:
             except OSError:
                 os.unlink(temporary, dir_fd=dirfd)
                 raise
+            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
             kept_dir_fd = os.dup(dirfd)
     except OSError as exc:
         sock.close()
         raise ListenError(f"Failed to bind socket to {path}: {exc.strerror}") from None
     os.set_inheritable(kept_dir_fd, False)
-    return Listener(sock, CreatedSocket(path, kept_dir_fd, name))
+    return Listener(sock, CreatedSocket(path, kept_dir_fd, name, (st.st_dev, st.st_ino)))

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tests.helpers import (
     PRGUARD,
     REPO,
     Client,
+    Helper,
     pr_in_cdb,
     start_helper,
     wait_for_path,
@@ -123,3 +125,48 @@ def test_sg_timeout_reaches_the_worker(tmp: Path) -> None:
     assert "SG_IO timeout 2500 ms, 3 threads, 4 per device" in helper.stderr_text()
 
 
+
+
+def test_exit_leaves_a_newer_instance_socket_alone(tmp: Path) -> None:
+    """Two instances on one path: the C helper's exit removes the newer one's socket."""
+    path = str(tmp / "shared.sock")
+    older = start_helper(PRGUARD, path)
+    first = os.stat(path).st_ino
+    proc = subprocess.Popen([*PRGUARD, "-k", path], cwd=REPO, stderr=subprocess.DEVNULL)
+    newer = Helper([*PRGUARD, "-k", path], path, proc, tmp / "unused")
+    deadline = time.monotonic() + 20
+    while os.stat(path).st_ino == first:  # the newer one renames its socket over the path
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        assert older.stop() == 0
+        with Client(newer.path) as client:  # still reachable
+            assert client.features == 0
+    finally:
+        assert newer.stop() == 0
+    assert not os.path.exists(path)  # and the newer one removes its own
+
+
+def test_worker_keeps_only_stdio_its_channel_and_sysfs(tmp: Path) -> None:
+    """Inherited fds (libvirt's locked pidfile, say) stay with the broker, whose pid the
+    pidfile names; the worker closes them."""
+    inherited = os.open(tmp / "inherited", os.O_RDWR | os.O_CREAT)
+    path = str(tmp / "fds.sock")
+    proc = subprocess.Popen([*PRGUARD, "-k", path], pass_fds=(inherited,), cwd=REPO,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for_path(path, proc)
+        with Client(path) as client:
+            assert client.features == 0
+        (worker,) = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+                     .read_text().split()]
+        assert str(inherited) in os.listdir(f"/proc/{proc.pid}/fd")
+        targets = sorted(os.readlink(f"/proc/{worker}/fd/{fd}")
+                         for fd in os.listdir(f"/proc/{worker}/fd") if int(fd) > 2)
+        assert targets[0] == "/sys/dev/block"
+        assert targets[1].startswith("socket:")
+        assert len(targets) == 2
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        os.close(inherited)

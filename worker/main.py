@@ -60,6 +60,15 @@ def _send(channel: socket.socket, payload: bytes) -> None:
         _die(f"worker: cannot answer the broker ({exc.strerror}); exiting")
 
 
+def _close_inherited(channel_fd: int) -> None:
+    """The worker needs stdio and its channel; whatever else it inherited (the listening
+    socket's directory, a pidfile a parent holds locked, ...) is closed here."""
+    keep = sorted({0, 1, 2, channel_fd})
+    for low, high in zip(keep, [*keep[1:], 2**31 - 1], strict=True):
+        if high > low + 1:
+            os.closerange(low + 1, high)
+
+
 def _warm_up(sysfs_block: int, timeout_ms: int) -> None:
     """Run each code path once so nothing is imported or first-touched once confined."""
     facts = fdcheck.inspect_fd(2, sysfs_block)
@@ -86,6 +95,7 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
         _die("worker: terminated by signal")
 
     signal.signal(signal.SIGTERM, on_term)
+    _close_inherited(channel.fileno())
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     run_sg_io = partial(sgio.issue, timeout_ms=config.sg_timeout_ms)
 

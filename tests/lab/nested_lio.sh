@@ -1,0 +1,126 @@
+#!/bin/bash
+# Runs INSIDE the lab guest for tests/lab/nested_outer.py: the smallest LIO set-up the
+# nested test needs, taken from lio_setup.sh (see there for the details): one LU "n"
+# behind two tcm_loop targets, nA (the nested QEMU's disk) and nB (a second "cluster
+# node" that reads the state back). Prints one line of JSON: {"nA": {"sd": ...}, "nB": ...}.
+set -euo pipefail
+
+OUT="${1:-}"
+SIZE_MB="${LIO_SIZE_MB:-16}"
+IMG_DIR="${LIO_IMG_DIR:-/run/lio}"
+DEV_DIR="${LIO_DEV_DIR:-/run/lio/dev}"
+DBROOT="${LIO_DBROOT:-/run/lio/db}"
+WAIT_S="${LIO_WAIT_S:-30}"
+
+# backstore  unit serial (stable VPD 0x80 / 0x83 identifiers across runs)
+BACKSTORES=(
+  "n  6c1a0041-0000-4000-8000-000000000041"
+)
+# name  target-wwn  initiator-wwn  backstore   (order matters: RTPIs are given per LU in
+# creation order)
+PATHS=(
+  "nA naa.50014050000041b0 naa.50014050000000b1 n"
+  "nB naa.50014050000041c0 naa.50014050000000c1 n"
+)
+
+log() { echo "lio_setup: $*" >&2; }
+die() { echo "lio_setup: ERROR: $*" >&2; exit 1; }
+
+C=/sys/kernel/config/target
+
+# --- dbroot (PR metadata, see LAB.md): LIO writes <dbroot>/pr/aptpl_<serial> on every
+# registration change and answers CHECK CONDITION 02/08/00 if that fails.  Make every
+# candidate writable BEFORE target_core_mod loads, then pin it explicitly if allowed.
+mkdir -p /var/target/pr "$DBROOT/pr" "$IMG_DIR" "$DEV_DIR"
+[[ -d /etc/target ]] && mkdir -p /etc/target/pr
+
+for m in target_core_mod target_core_file tcm_loop sd_mod sg; do
+  modprobe "$m" || die "modprobe $m failed"
+done
+if ! mountpoint -q /sys/kernel/config; then
+  mount -t configfs none /sys/kernel/config || die "cannot mount configfs"
+fi
+[[ -d $C ]] || die "$C missing after loading target_core_mod"
+
+if [[ -w $C/dbroot ]] && echo "$DBROOT" > "$C/dbroot" 2>/dev/null; then :; fi
+ACTUAL_DBROOT="$(cat "$C/dbroot" 2>/dev/null || echo /var/target)"
+mkdir -p "$ACTUAL_DBROOT/pr" || die "cannot create $ACTUAL_DBROOT/pr"
+log "dbroot=$ACTUAL_DBROOT"
+
+# --- backstores
+mk_backstore() {  # name serial
+  local name=$1 serial=$2 d=$C/core/fileio_0/$1 img=$IMG_DIR/$1.img
+  [[ -d $d ]] && return 0
+  truncate -s "${SIZE_MB}M" "$img"
+  mkdir -p "$d"
+  echo "fd_dev_name=$img,fd_dev_size=$((SIZE_MB * 1024 * 1024))" > "$d/control"
+  echo "$serial" > "$d/wwn/vpd_unit_serial"
+  echo 1 > "$d/enable"
+}
+for b in "${BACKSTORES[@]}"; do
+  read -r bs serial <<<"$b"
+  mk_backstore "$bs" "$serial"
+done
+
+# --- tcm_loop targets: one target (one SCSI host) per path, one nexus each
+for p in "${PATHS[@]}"; do
+  read -r name tgt ini bs <<<"$p"
+  t=$C/loopback/$tgt/tpgt_1
+  if [[ ! -e $t/lun/lun_0/$bs ]]; then
+    mkdir -p "$t/lun/lun_0"
+    echo "$ini" > "$t/nexus"
+    ln -s "$C/core/fileio_0/$bs" "$t/lun/lun_0/$bs"
+  fi
+done
+
+# --- find devices from sysfs.  tcm_loop's tpgt "address" is "<host>:0:<tpgt>"; LUN 0.
+node_for() {  # class(block|scsi_generic) name -> path of a usable device node
+  local cls=$1 n=$2 majmin maj min type cur
+  majmin=$(cat "/sys/class/$cls/$n/dev")
+  maj=${majmin%:*}; min=${majmin#*:}
+  [[ $cls == block ]] && type=b || type=c
+  if [[ -e /dev/$n ]]; then
+    cur=$(stat -c '%t:%T' "/dev/$n")   # hex major:minor
+    if [[ $cur == "$(printf '%x:%x' "$maj" "$min")" ]]; then echo "/dev/$n"; return; fi
+  fi
+  rm -f "$DEV_DIR/$n"
+  mknod "$DEV_DIR/$n" "$type" "$maj" "$min"
+  echo "$DEV_DIR/$n"
+}
+
+json="{"
+sep=""
+for p in "${PATHS[@]}"; do
+  read -r name tgt ini bs <<<"$p"
+  addr=$(tr -d '\n' < "$C/loopback/$tgt/tpgt_1/address")   # H:0:T
+  hctl="$addr:0"
+  sysdev=/sys/bus/scsi/devices/$hctl
+  sd="" sg=""
+  for ((i = 0; i < WAIT_S * 10; i++)); do
+    if [[ -d $sysdev/block && -d $sysdev/scsi_generic ]]; then
+      sd=$(ls "$sysdev/block" | head -n1)
+      sg=$(ls "$sysdev/scsi_generic" | head -n1)
+      [[ -n $sd && -n $sg && -e /sys/class/block/$sd/dev && -e /sys/class/scsi_generic/$sg/dev ]] && break
+    fi
+    sleep 0.1
+  done
+  [[ -n $sd && -n $sg ]] || die "no sd/sg for $name ($hctl) after ${WAIT_S}s: $(ls "$sysdev" 2>&1 | tr '\n' ' ')"
+  sdpath=$(node_for block "$sd")
+  sgpath=$(node_for scsi_generic "$sg")
+  serial=$(cat "$C/core/fileio_0/$bs/wwn/vpd_unit_serial" | sed 's/.*: *//')
+  log "$name: $hctl $sdpath $sgpath target=$tgt initiator=$ini lu=$bs"
+  json+="$sep\"$name\": {\"sd\": \"$sdpath\", \"sg\": \"$sgpath\", \"hctl\": \"$hctl\", \"target_wwn\": \"$tgt\", \"initiator_wwn\": \"$ini\", \"backstore\": \"fileio_0/$bs\", \"serial\": \"$serial\"}"
+  sep=", "
+done
+json+="}"
+
+# block devices: wait until the size is known (sd probe finished)
+for ((i = 0; i < WAIT_S * 10; i++)); do
+  all=1
+  for d in /sys/class/block/sd*; do [[ $(cat "$d/size") != 0 ]] || all=0; done
+  ((all)) && break
+  sleep 0.1
+done
+
+if [[ -n $OUT ]]; then printf '%s\n' "$json" > "$OUT"; fi
+printf '%s\n' "$json"
