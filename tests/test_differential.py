@@ -67,7 +67,7 @@ SCRIPTS: dict[str, list[Step]] = {
                                       Recv(REPLY)],
     "fd with the parameter list is dropped": [*HELLO, Send(pr_out_cdb(0, 24), ("loop",)),
                                               Send(bytes(24), ("file",)), Recv(REPLY)],
-    "fd only with the parameter list": [*HELLO, Send(pr_out_cdb(0, 24)),
+    "fd only with the parameter list": [*HELLO, Send(pr_out_cdb(0, 24)), Pause(0.2),
                                         Send(bytes(24), ("loop",)), Recv(REPLY)],
     "PR OUT length bytes 5-8 all ones": [*HELLO, *request(b"\x5f" + bytes(4) + b"\xff" * 4
                                                           + bytes(7))],
