@@ -339,7 +339,8 @@ def dmesg() -> list[str]:
 
 def set_up_lio() -> tuple[Node, Node]:
     lio = subprocess.run(["bash", str(LIO_SETUP)], capture_output=True, text=True,
-                         timeout=180, check=False)
+                         timeout=180, check=False,
+                         env={**os.environ, "LIO_LAYOUT": "fencing"})  # only the f pair
     if lio.returncode != 0:
         raise StoryError(f"lio_setup.sh exited {lio.returncode}: {lio.stderr[-2000:]}")
     devices: dict[str, dict[str, str]] = json.loads(lio.stdout)

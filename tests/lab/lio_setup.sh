@@ -25,26 +25,45 @@ DEV_DIR="${LIO_DEV_DIR:-/run/lio/dev}"
 DBROOT="${LIO_DBROOT:-/run/lio/db}"
 WAIT_S="${LIO_WAIT_S:-30}"
 
+# LIO_LAYOUT picks what to build: "suite" (default: everything above), "fencing" (only
+# the f pair, for the demo) or "nested" (one LU n behind nA and nB, for the nested-QEMU
+# test).
 # backstore  unit serial (stable VPD 0x80 / 0x83 identifiers across runs)
-BACKSTORES=(
-  "p  6c1a0011-0000-4000-8000-000000000011"
-  "ps 6c1a0012-0000-4000-8000-000000000012"
-  "c  6c1a0021-0000-4000-8000-000000000021"
-  "cs 6c1a0022-0000-4000-8000-000000000022"
-  "f  6c1a0031-0000-4000-8000-000000000031"
-)
 # name  target-wwn  initiator-wwn  backstore   (order matters: RTPIs are given per LU in
 # creation order)
-PATHS=(
-  "pA naa.50014050000011b0 naa.50014050000000b1 p"
-  "pB naa.50014050000011c0 naa.50014050000000c1 p"
-  "pS naa.50014050000011a0 naa.50014050000000a1 ps"
-  "cA naa.50014050000021b0 naa.50014050000000b1 c"
-  "cB naa.50014050000021c0 naa.50014050000000c1 c"
-  "cS naa.50014050000021a0 naa.50014050000000a1 cs"
-  "fA naa.50014050000031b0 naa.50014050000000b1 f"
-  "fB naa.50014050000031c0 naa.50014050000000c1 f"
-)
+case "${LIO_LAYOUT:-suite}" in
+  suite)
+    BACKSTORES=(
+      "p  6c1a0011-0000-4000-8000-000000000011"
+      "ps 6c1a0012-0000-4000-8000-000000000012"
+      "c  6c1a0021-0000-4000-8000-000000000021"
+      "cs 6c1a0022-0000-4000-8000-000000000022"
+      "f  6c1a0031-0000-4000-8000-000000000031"
+    )
+    PATHS=(
+      "pA naa.50014050000011b0 naa.50014050000000b1 p"
+      "pB naa.50014050000011c0 naa.50014050000000c1 p"
+      "pS naa.50014050000011a0 naa.50014050000000a1 ps"
+      "cA naa.50014050000021b0 naa.50014050000000b1 c"
+      "cB naa.50014050000021c0 naa.50014050000000c1 c"
+      "cS naa.50014050000021a0 naa.50014050000000a1 cs"
+      "fA naa.50014050000031b0 naa.50014050000000b1 f"
+      "fB naa.50014050000031c0 naa.50014050000000c1 f"
+    ) ;;
+  fencing)
+    BACKSTORES=("f  6c1a0031-0000-4000-8000-000000000031")
+    PATHS=(
+      "fA naa.50014050000031b0 naa.50014050000000b1 f"
+      "fB naa.50014050000031c0 naa.50014050000000c1 f"
+    ) ;;
+  nested)
+    BACKSTORES=("n  6c1a0041-0000-4000-8000-000000000041")
+    PATHS=(
+      "nA naa.50014050000041b0 naa.50014050000000b1 n"
+      "nB naa.50014050000041c0 naa.50014050000000c1 n"
+    ) ;;
+  *) echo "lio_setup: unknown LIO_LAYOUT ${LIO_LAYOUT}" >&2; exit 2 ;;
+esac
 
 log() { echo "lio_setup: $*" >&2; }
 die() { echo "lio_setup: ERROR: $*" >&2; exit 1; }

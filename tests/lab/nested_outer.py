@@ -5,7 +5,7 @@ scsi-block disk backed by a LIO LUN, through prguard.
     PYTHONPATH=<repo> <venv python> -m tests.lab.nested_outer <dir with vmlinux, initramfs>
 
 Sequence (each step's raw outcome goes to $LAB_RESULTS/nested.json; the host judges):
-  1. LIO (nested_lio.sh: one LU, two nexuses nA and nB), prguard -v on
+  1. LIO (lio_setup.sh, LIO_LAYOUT=nested: one LU, two nexuses nA and nB), prguard -v on
      /tmp/nested-pr.sock, the nested QEMU on nA's sd node with -object pr-manager-helper
      and file.pr-manager; QMP query-pr-managers.
   2. In the nested guest: a throw-away READ KEYS (QEMU's bus reports a UNIT ATTENTION
@@ -42,7 +42,7 @@ from tests.helpers import wait_for_path, wait_for_service
 from tests.lab.nested_qmp import QMP
 
 HERE = Path(__file__).resolve().parent
-LIO_SETUP = HERE / "nested_lio.sh"
+LIO_SETUP = HERE / "lio_setup.sh"
 _SCRIPT = Path(sys.executable).parent / "prguard"
 PRGUARD: list[str] = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "prguard"]
 PR_SOCK = "/tmp/nested-pr.sock"
@@ -167,10 +167,11 @@ def main() -> int:
         helpers = [Prguard(path, log) for path in (PR_SOCK, *SPARE_SOCKS)]
         current, spare1, spare2 = helpers
         lio = subprocess.run(["bash", str(LIO_SETUP)], capture_output=True, text=True,
-                             check=False, timeout=180)
+                             check=False, timeout=180,
+                             env={**os.environ, "LIO_LAYOUT": "nested"})
         (results_dir / "lio.stderr").write_text(lio.stderr)
         if lio.returncode != 0:
-            raise RuntimeError(f"nested_lio.sh failed: {lio.stderr[-2000:]}")
+            raise RuntimeError(f"lio_setup.sh failed: {lio.stderr[-2000:]}")
         devices = json.loads(lio.stdout.strip().splitlines()[-1])
         disk, other = devices["nA"]["sd"], devices["nB"]["sd"]
         out["devices"] = {"qemu": disk, "other_node": other}
