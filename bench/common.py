@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import socket
 import statistics
 import subprocess
@@ -16,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.helpers import children, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -96,24 +97,10 @@ class Helper:
         return total / tick
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         for leftover in (self.path, self.path + ".stderr"):
             if os.path.exists(leftover):
                 os.unlink(leftover)
-
-
-def children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except FileNotFoundError:
-        return []
 
 
 def proc_fields(path: str) -> dict[str, str]:

@@ -30,7 +30,6 @@ import os
 import pwd
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prguard.client import cli as client_cli
-from tests.helpers import wait_for_path, wait_for_service
+from tests.helpers import stop_process, wait_for_path, wait_for_service
 from tests.lab.guest_suite import LIO_SETUP, dd_write, quiesce_udev
 
 BIN = Path(sys.executable).parent  # the venv's: prguard and prguard-client are next to it
@@ -151,14 +150,7 @@ class Prguard:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc)
 
 
 def _status(pid: int) -> dict[str, str]:

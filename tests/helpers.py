@@ -106,6 +106,18 @@ def _handshake_once(path: str, timeout: float) -> None:
             got += chunk
 
 
+def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str],
+                 timeout: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 def children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:

@@ -37,7 +37,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -47,7 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tests.helpers import Client, pr_in_cdb, pr_out_cdb, wait_for_path, wait_for_service
+from tests.helpers import (
+    Client,
+    pr_in_cdb,
+    pr_out_cdb,
+    stop_process,
+    wait_for_path,
+    wait_for_service,
+)
 
 REPO = Path(__file__).resolve().parent.parent.parent
 LIO_SETUP = Path(__file__).resolve().parent / "lio_setup.sh"
@@ -562,13 +568,8 @@ class Endpoint:
     def stop(self) -> None:
         if self.client is not None:
             self.client.close()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
 
 
 
