@@ -244,6 +244,17 @@ def served(path: str, fd: int) -> None:
 
 # -- 6.2 How libvirt starts the managed helper ------------------------------------------
 
+def fd_targets(pid: int) -> list[str]:
+    """What the process's fds point to (fds closing while we look are skipped)."""
+    targets = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            continue
+    return targets
+
+
 def test_exact_argv_as_root_serves_at_default_verbosity(
         domain: tuple[str, str], fd_zoo: dict[str, int]) -> None:
     """6.2: argv is exactly [helper, "-k", <libDir>/pr-helper0.sock], no -d/-f/-u/-g/-v:
@@ -254,8 +265,7 @@ def test_exact_argv_as_root_serves_at_default_verbosity(
     assert cmdline(managed.pid)[-3:] == [str(HELPER), "-k", path]
     assert os.stat(f"/proc/{managed.pid}").st_uid == 0
     served(path, fd_zoo["loop"])
-    pidfiles = [os.readlink(f"/proc/{managed.pid}/fd/{fd}")
-                for fd in os.listdir(f"/proc/{managed.pid}/fd")]
+    pidfiles = fd_targets(managed.pid)
     assert [p for p in pidfiles if p.endswith(".pid")] == [pidfile]
 
 

@@ -200,7 +200,6 @@ def flood_then_fresh_client(cmd: list[str], path: str, disk: str
             except BlockingIOError:
                 s.close()
                 time.sleep(0.001)
-        before, start = cpu_seconds(pids), time.monotonic()
         # The fresh client is another process, as another VM's QEMU would be.
         try:
             fresh = subprocess.run(
@@ -212,6 +211,10 @@ def flood_then_fresh_client(cmd: list[str], path: str, disk: str
             answered = [float(fresh.stdout)] if fresh.returncode == 0 else []
         except subprocess.TimeoutExpired:
             answered = []
+        # With the flood still held: a helper that spins burns CPU now; one that waits
+        # does not (processing the flood itself, before this window, is real work).
+        before, start = cpu_seconds(pids), time.monotonic()
+        time.sleep(2)
         share = (cpu_seconds(pids) - before) / (time.monotonic() - start)
         for s in flood:
             s.close()
