@@ -19,7 +19,7 @@ from broker.trace import Tracer
 from broker.worker_client import WorkerClient, WorkerLost
 from shared import fdcheck, fdpass
 from shared.errors import QemuProtocolError
-from shared.messages import Refused
+from shared.messages import Refused, SgIoRequest, SgIoResult, decode
 from shared.policy import FdFacts, FdKind, check_request
 from shared.qemu_protocol import (
     NEED_DATA,
@@ -71,8 +71,7 @@ def sense_text(reply: PrReply) -> str:
 
 def warm_up(sysfs_block_fd: int) -> None:
     """Run the request path once without a client: nothing may be imported or touched for
-    the first time once the seccomp filter is loaded."""
-    from shared.messages import SgIoRequest, SgIoResult, decode
+    the first time once the seccomp filter is loaded (results are not needed)."""
     facts = fdcheck.inspect_fd(2, sysfs_block_fd)
     conn = ServerConnection()
     conn.initiate()
@@ -82,7 +81,7 @@ def warm_up(sysfs_block_fd: int) -> None:
     conn.receive_data(cdb, [2])
     request = conn.next_event()
     assert isinstance(request, PrRequest)
-    verdict = check_request(cdb, facts)
+    check_request(cdb, facts)
     reply = PrReply(Status.CHECK_CONDITION, Sense.IO_ERROR.fixed_format())
     conn.send_reply(reply)
     describe(cdb)
@@ -93,7 +92,6 @@ def warm_up(sysfs_block_fd: int) -> None:
         raise QemuProtocolError("warm-up", None)
     except QemuProtocolError as exc:
         str(exc)
-    del verdict
 
 
 class ReplyTimeout(Exception):
