@@ -118,6 +118,25 @@ def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str],
         return proc.wait()
 
 
+def activated(listener_fd: int, argv: Sequence[str]) -> list[str]:
+    """argv that runs `argv` as systemd would with one activated socket: the listening
+    fd moved to 3, LISTEN_FDS=1 and LISTEN_PID naming the exec'd process itself.
+    Pass `listener_fd` in pass_fds."""
+    script = ("import os,sys; os.dup2(int(sys.argv[1]), 3); "
+              "os.environ['LISTEN_PID']=str(os.getpid()); os.environ['LISTEN_FDS']='1'; "
+              "os.execv(sys.argv[2], sys.argv[2:])")
+    return [sys.executable, "-c", script, str(listener_fd), *argv]
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time the processes have used so far."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:

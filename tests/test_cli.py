@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import C_HELPER, REPO, wait_for_path, wait_for_service
+from tests.helpers import C_HELPER, REPO, activated, wait_for_path, wait_for_service
 
 PRGUARD_SCRIPT = str(Path(sys.executable).parent / "prguard")
 
@@ -278,10 +278,7 @@ def test_activated_socket_is_served_and_left_in_place(tmp: Path, program: str) -
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)
     listener.listen(8)
-    script = ("import os,sys; os.dup2(int(sys.argv[1]), 3); "
-              "os.environ['LISTEN_PID']=str(os.getpid()); os.environ['LISTEN_FDS']='1'; "
-              "os.execv(sys.argv[2], sys.argv[2:])")
-    proc = subprocess.Popen([sys.executable, "-c", script, str(listener.fileno()), program],
+    proc = subprocess.Popen(activated(listener.fileno(), [program]),
                             pass_fds=(listener.fileno(),), stderr=subprocess.PIPE)
     listener.close()
     wait_for_service(path)

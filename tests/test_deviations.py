@@ -21,6 +21,7 @@ from tests.helpers import (
     REPO,
     Client,
     Helper,
+    activated,
     pr_in_cdb,
     start_helper,
     wait_for_path,
@@ -107,10 +108,7 @@ def test_activation_refuses_a_socket_it_cannot_serve(tmp: Path) -> None:
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     tcp.bind(("127.0.0.1", 0))
     tcp.listen(1)
-    script = ("import os,sys; os.dup2(int(sys.argv[1]), 3); "
-              "os.environ['LISTEN_PID']=str(os.getpid()); os.environ['LISTEN_FDS']='1'; "
-              "os.execv(sys.argv[2], sys.argv[2:])")
-    proc = subprocess.run([sys.executable, "-c", script, str(tcp.fileno()), PRGUARD_SCRIPT],
+    proc = subprocess.run(activated(tcp.fileno(), [PRGUARD_SCRIPT]),
                           pass_fds=(tcp.fileno(),), capture_output=True, text=True, timeout=20)
     tcp.close()
     assert proc.returncode == 1  # the C helper serves TCP, or spins on an unbound socket

@@ -3,7 +3,6 @@ C helper where it has the weakness being fixed."""
 
 from __future__ import annotations
 
-import os
 import resource
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from tests.helpers import (
     Client,
     Helper,
     children,
+    cpu_seconds,
     pr_in_cdb,
     pr_out_cdb,
     send_with_fds,
@@ -168,14 +168,6 @@ def test_one_peer_cannot_take_every_slot(quick: Helper, loop_disk: str) -> None:
     assert out.stdout.strip() == "2", out.stderr
     for s in [*mine, extra]:
         s.close()
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def flood_then_fresh_client(cmd: list[str], path: str, disk: str

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import REPO, Client, children, pr_in_cdb, proc_status
+from tests.helpers import REPO, Client, activated, children, pr_in_cdb, proc_status
 
 PRGUARD_SCRIPT = str(Path(sys.executable).parent / "prguard")
 UNITS = REPO / "systemd"
@@ -54,12 +54,9 @@ def test_started_like_systemd_it_notifies_ready_once_it_serves(
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(sock_path)
     listener.listen(16)
-    script = ("import os,sys; os.dup2(int(sys.argv[1]), 3); "
-              "os.environ['LISTEN_PID']=str(os.getpid()); os.environ['LISTEN_FDS']='1'; "
-              "os.execv(sys.argv[2], sys.argv[2:])")
     env = dict(os.environ, NOTIFY_SOCKET=notify_path)
-    proc = subprocess.Popen([sys.executable, "-c", script, str(listener.fileno()),
-                             PRGUARD_SCRIPT, "-u", "nobody", "-g", "nogroup"],
+    proc = subprocess.Popen(activated(listener.fileno(),
+                                      [PRGUARD_SCRIPT, "-u", "nobody", "-g", "nogroup"]),
                             pass_fds=(listener.fileno(),), env=env, stderr=subprocess.PIPE)
     listener.close()
     try:
