@@ -4,11 +4,14 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# gcc, libcap-dev: build python-prctl. qemu-system-common: the reference helper the
+# Tools installed into the venv (virtme-ng's vng runs virtme-run through PATH) are found
+# without activating it, from any shell, make's own included.
+export PATH := $(abspath $(BIN)):$(PATH)
+# gcc, libcap-dev, python3-dev: build python-prctl. qemu-system-common: the reference helper the
 # differential tests compare against. fdisk, util-linux: partitioned loop devices.
 # linux-image-amd64, qemu-system-x86, kmod: the lab's SCSI target in a VM (virtme-ng);
 # sg3-utils, busybox-static: the nested guest that runs QEMU against prguard in the lab.
-DEBS := gcc libcap-dev libseccomp2 qemu-system-common fdisk util-linux procps strace \
+DEBS := gcc libcap-dev python3-dev python3-venv libseccomp2 qemu-system-common fdisk util-linux procps strace \
         linux-image-amd64 qemu-system-x86 kmod sg3-utils busybox-static
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 120
