@@ -74,7 +74,7 @@ test: lint typecheck pytest fuzz-short
 bench: venv
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-# The fence_scsi story through prguard-client, in the lab VM (tests/lab): about 1-2 minutes.
+# The fence_scsi story through prguard-client, in the lab VM (lab/): about 1-2 minutes.
 demo: venv
 	$(BIN)/python -m demo.run
 

@@ -1,5 +1,5 @@
-"""The device part, run INSIDE the lab guest (bench/run.py boots it with tests/lab/labvm.py):
-LIO via tests/lab/lio_setup.sh, then prguard, qemu-pr-helper and the raw ioctl on the
+"""The device part, run INSIDE the lab guest (bench/run.py boots it with lab/labvm.py):
+LIO via lab/lio_setup.sh, then prguard, qemu-pr-helper and the raw ioctl on the
 same LU in the same boot, interleaved round by round.
 
 Run as: PYTHONPATH=<repo> <venv python> -m bench.guest ROUNDS DURATION WARMUP
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import HELPERS, TARGETS, Load, machine, run_loadgen, start_helper, summarize
-from tests.lab.guest_suite import LIO_SETUP, quiesce_udev
+from lab.guest_suite import LIO_SETUP, quiesce_udev
 
 GOOD = 0
 #: (op, clients): READ KEYS alone and concurrently; REGISTER then unregister (one

@@ -16,7 +16,7 @@ from typing import Any
 
 from bench import host, report
 from bench.common import BENCH, REPO, RESULTS, build_loadgen, machine
-from tests.lab import labvm
+from lab import labvm
 
 PARTS = ("protocol", "lab", "attack", "memory", "startup")
 README = BENCH / "README.md"

@@ -18,14 +18,14 @@ import socket
 import time
 from dataclasses import dataclass, field, replace
 
-from broker.limits import Limits
-from broker.notify import Notifier
-from broker.server import Broker, warm_up
-from broker.trace import Tracer
-from broker.worker_client import WorkerClient, await_ready
-from shared import fdcheck, privileges, sandbox
-from shared.privileges import Identity
-from shared.seccomp_policy import Policy, Rule
+from prguard.broker.limits import Limits
+from prguard.broker.notify import Notifier
+from prguard.broker.server import Broker, warm_up
+from prguard.broker.trace import Tracer
+from prguard.broker.worker_client import WorkerClient, await_ready
+from prguard.shared import fdcheck, privileges, sandbox
+from prguard.shared.privileges import Identity
+from prguard.shared.seccomp_policy import Policy, Rule
 
 log = logging.getLogger("prguard.broker")
 

@@ -14,14 +14,14 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from broker.limits import Admission, Limits
-from broker.trace import Tracer
-from broker.worker_client import WorkerClient, WorkerLost
-from shared import fdcheck, fdpass
-from shared.errors import QemuProtocolError
-from shared.messages import Refused, SgIoRequest, SgIoResult, decode
-from shared.policy import FdFacts, FdKind, check_request
-from shared.qemu_protocol import (
+from prguard.broker.limits import Admission, Limits
+from prguard.broker.trace import Tracer
+from prguard.broker.worker_client import WorkerClient, WorkerLost
+from prguard.shared import fdcheck, fdpass
+from prguard.shared.errors import QemuProtocolError
+from prguard.shared.messages import Refused, SgIoRequest, SgIoResult, decode
+from prguard.shared.policy import FdFacts, FdKind, check_request
+from prguard.shared.qemu_protocol import (
     NEED_DATA,
     Closed,
     FeaturesAgreed,
@@ -30,7 +30,7 @@ from shared.qemu_protocol import (
     ReadSpec,
     ServerConnection,
 )
-from shared.scsi import Opcode, Sense, Status, service_action
+from prguard.shared.scsi import Opcode, Sense, Status, service_action
 
 log = logging.getLogger("prguard.broker")
 

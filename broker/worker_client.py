@@ -12,9 +12,9 @@ import itertools
 import logging
 import socket
 
-from shared import fdpass
-from shared.errors import ChannelError
-from shared.messages import Malformed, Ready, Refused, SgIoRequest, SgIoResult, decode
+from prguard.shared import fdpass
+from prguard.shared.errors import ChannelError
+from prguard.shared.messages import Malformed, Ready, Refused, SgIoRequest, SgIoResult, decode
 
 log = logging.getLogger("prguard.broker")
 

@@ -1,6 +1,6 @@
 """`make demo`, host side: boot the lab VM once and show the fencing story as it is told.
 
-The guest (tests/lab/labvm.py: Debian's kernel under TCG, the host's / read-only) runs
+The guest (lab/labvm.py: Debian's kernel under TCG, the host's / read-only) runs
 demo/story.py with this very interpreter; its stdout lands in the shared work dir, which
 this process follows and copies to the terminal line by line while the VM runs. Exit
 status: the story's (0: node A fenced as it should be), 1 if it failed or the VM did not
@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.lab import labvm
+from lab import labvm
 
 REPO = Path(__file__).resolve().parent.parent
 GUEST_TIMEOUT_S = 240.0

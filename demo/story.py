@@ -1,7 +1,7 @@
 """The two-node fencing story (Pacemaker's fence_scsi), told through prguard-client.
 
 Runs INSIDE the lab guest, as root (demo/run.py boots it): LIO's fencing pair from
-tests/lab/lio_setup.sh (one LU "f" behind two I_T nexuses, fA and fB) plays cluster nodes A
+lab/lio_setup.sh (one LU "f" behind two I_T nexuses, fA and fB) plays cluster nodes A
 and B; prguard runs as nobody:nogroup with -v on its own socket; every PERSISTENT RESERVE
 command is a `prguard-client` command line, shown with its output and prguard's log lines
 for it; the WRITEs are plain `dd oflag=direct` through each node's /dev/sdX.
@@ -38,9 +38,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.guest_suite import LIO_SETUP, dd_write, quiesce_udev
 from prguard.client import cli as client_cli
 from tests.helpers import stop_process, wait_for_path, wait_for_service
-from tests.lab.guest_suite import LIO_SETUP, dd_write, quiesce_udev
 
 BIN = Path(sys.executable).parent  # the venv's: prguard and prguard-client are next to it
 PRGUARD = BIN / "prguard"
@@ -359,7 +359,7 @@ def story(prguard: Prguard) -> None:
     say(f"  $ {shlex.join(['prguard', *prguard.argv[1:]])} 2> prguard.log &")
     prguard.start()
     say("  (started first: its start-up overlaps the LIO set-up below)")
-    say("  $ tests/lab/lio_setup.sh    # LIO: tcm_loop targets over fileio backstores")
+    say("  $ lab/lio_setup.sh    # LIO: tcm_loop targets over fileio backstores")
     a, b = set_up_lio()
     nodes = (a, b)
     say()

@@ -3,10 +3,10 @@ project's typed errors may escape, and no fd handed to the protocol core is lost
 
 from __future__ import annotations
 
-from shared.errors import ChannelError, QemuProtocolError
-from shared.messages import Message, decode
-from shared.qemu_protocol import NEED_DATA, Closed, PrReply, PrRequest, ServerConnection
-from shared.scsi import SENSE_SIZE, Status
+from prguard.shared.errors import ChannelError, QemuProtocolError
+from prguard.shared.messages import Message, decode
+from prguard.shared.qemu_protocol import NEED_DATA, Closed, PrReply, PrRequest, ServerConnection
+from prguard.shared.scsi import SENSE_SIZE, Status
 
 SENSE0 = bytes(SENSE_SIZE)
 

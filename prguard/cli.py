@@ -14,8 +14,12 @@ import pwd
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from broker.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_PEER, DEFAULT_MESSAGE_DEADLINE
-from broker.trace import TraceOptionError, TraceSpec
+from prguard.broker.limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_PEER,
+    DEFAULT_MESSAGE_DEADLINE,
+)
+from prguard.broker.trace import TraceOptionError, TraceSpec
 
 DEFAULT_SOCKET = "/var/run/qemu-pr-helper.sock"
 DEFAULT_PIDFILE = "/var/run/qemu-pr-helper.pid"

@@ -18,7 +18,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from broker.main import CreatedSocket
+from prguard.broker.main import CreatedSocket
 
 #: sizeof(sun_path): the C helper refuses longer paths.
 SUN_PATH_SIZE = 108

@@ -13,13 +13,13 @@ import socket
 import sys
 from typing import TextIO
 
-from broker import main as broker_main
-from broker import trace
-from broker.limits import WORKER_GRACE, Limits
 from prguard import __version__, cli, daemon, listen, logs
-from shared import sandbox
-from shared.privileges import Identity
-from worker import main as worker_main
+from prguard.broker import main as broker_main
+from prguard.broker import trace
+from prguard.broker.limits import WORKER_GRACE, Limits
+from prguard.shared import sandbox
+from prguard.shared.privileges import Identity
+from prguard.worker import main as worker_main
 
 
 def _identity(opts: cli.Options) -> Identity | None:

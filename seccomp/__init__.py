@@ -1,6 +1,6 @@
 """The seccomp policies, as data: `worker.policy` and `broker.policy` beside this file.
 
-Installed as the package `prguard_seccomp` so the policies travel with the code; read
+Installed as the package `prguard.seccomp` so the policies travel with the code; read
 with `policy_text(role)` before a process locks itself down.
 """
 

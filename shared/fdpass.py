@@ -13,8 +13,8 @@ import os
 import select
 import socket
 
-from shared.errors import ChannelError
-from shared.messages import MAX_MESSAGE_SIZE
+from prguard.shared.errors import ChannelError
+from prguard.shared.messages import MAX_MESSAGE_SIZE
 
 #: Control buffer room: more than we accept, so a surplus is seen (and closed), not cut.
 _ANCILLARY_FDS = 4

@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from shared.errors import ChannelError
-from shared.scsi import CDB_SIZE, DATA_SIZE, SENSE_SIZE
+from prguard.shared.errors import ChannelError
+from prguard.shared.scsi import CDB_SIZE, DATA_SIZE, SENSE_SIZE
 
 VERSION = 1
 #: Upper bound of one encoded message: data, sense, CDB and a short reason, with headroom.

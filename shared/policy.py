@@ -20,7 +20,7 @@ import enum
 import os
 from dataclasses import dataclass
 
-from shared.scsi import (
+from prguard.shared.scsi import (
     CDB_SIZE,
     DATA_SIZE,
     Opcode,

@@ -24,8 +24,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shared.errors import QemuProtocolError
-from shared.scsi import CDB_SIZE, DATA_SIZE, SENSE_SIZE, Opcode, Status, transfer_length
+from prguard.shared.errors import QemuProtocolError
+from prguard.shared.scsi import CDB_SIZE, DATA_SIZE, SENSE_SIZE, Opcode, Status, transfer_length
 
 #: Feature bits this implementation offers in the handshake (none are defined upstream).
 SUPPORTED_FEATURES = 0

@@ -11,9 +11,9 @@ import ctypes
 from typing import TextIO
 
 import pyseccomp
-from prguard_seccomp import policy_text
 
-from shared.seccomp_policy import Condition, Policy, Rule, parse
+from prguard.seccomp import policy_text
+from prguard.shared.seccomp_policy import Condition, Policy, Rule, parse
 
 Variables = dict[str, int | None]
 

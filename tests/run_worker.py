@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import sys
 
-from worker.main import WorkerConfig, serve
+from prguard.worker.main import WorkerConfig, serve
 
 if __name__ == "__main__":
     serve(socket.socket(fileno=int(sys.argv[1])),

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from prguard.client.cli import main
-from shared.fdpass import ANCILLARY_SPACE, close_all, fds_from_ancillary
-from shared.qemu_protocol import NEED_DATA, Closed, PrReply, PrRequest, ServerConnection
-from shared.scsi import ZERO_SENSE, Sense, Status
+from prguard.shared.fdpass import ANCILLARY_SPACE, close_all, fds_from_ancillary
+from prguard.shared.qemu_protocol import NEED_DATA, Closed, PrReply, PrRequest, ServerConnection
+from prguard.shared.scsi import ZERO_SENSE, Sense, Status
 from tests.helpers import REPO, Helper
 
 CLI = [sys.executable, "-m", "prguard.client.cli"]

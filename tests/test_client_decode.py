@@ -20,8 +20,8 @@ from prguard.client.decode import (
     TransportId,
     TruncatedError,
 )
-from shared.qemu_protocol import PrRequest
-from shared.scsi import PrInAction, PrOutAction, Sense, SenseCode, transfer_length
+from prguard.shared.qemu_protocol import PrRequest
+from prguard.shared.scsi import PrInAction, PrOutAction, Sense, SenseCode, transfer_length
 from tests.helpers import pr_in_cdb, pr_out_cdb
 
 K1 = bytes.fromhex("0123456789abcdef")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.scsi import Sense
+from prguard.shared.scsi import Sense
 from tests.helpers import (
     C_HELPER,
     PRGUARD,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fuzz.oracles import channel_datagram, chunks_from, qemu_stream
-from shared.qemu_protocol import ServerConnection
+from prguard.shared.qemu_protocol import ServerConnection
 from tests.helpers import REPO, pr_in_cdb
 
 REGRESSIONS = sorted((REPO / "fuzz" / "regressions").glob("*-*"))

@@ -8,7 +8,7 @@ import random
 import socket
 import time
 
-from shared.scsi import Status
+from prguard.shared.scsi import Status
 from tests.helpers import Client, Helper, children, fd_count, pr_in_cdb, pr_out_cdb, send_with_fds
 
 

@@ -1,7 +1,7 @@
 """Device conformance against a real SCSI target: prguard vs qemu-pr-helper on LIO.
 
 One guest (virtme-ng, Debian's kernel under TCG, the host's / read-only) runs
-tests/lab/guest_suite.py: two identical LIO set-ups, one driven only through prguard and one
+lab/guest_suite.py: two identical LIO set-ups, one driven only through prguard and one
 only through /usr/bin/qemu-pr-helper, the same PERSISTENT RESERVE step table on both,
 replies compared step by step; then the fence_scsi story through prguard with real WRITEs.
 Each case of the step table is one test here, its detail the failure message. A guest
@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from tests.lab import labvm
-from tests.lab.guest_suite import CASES
+from lab import labvm
+from lab.guest_suite import CASES
 
 REPO = Path(__file__).resolve().parent.parent
 GUEST_TIMEOUT_S = 240.0
@@ -39,7 +39,7 @@ KERNEL_ARGS = "clocksource=tsc tsc=reliable"
 GUEST_SCRIPT = f"""\
 export PYTHONPATH={REPO}
 cd "$LAB_RESULTS"
-exec {sys.executable} -m tests.lab.guest_suite
+exec {sys.executable} -m lab.guest_suite
 """
 
 def _tail(text: str, lines: int = 40) -> str:

@@ -7,18 +7,46 @@ from pathlib import Path
 
 from tests.helpers import REPO
 
-PACKAGES = ("shared", "broker", "worker", "prguard")
+#: Source directories of the installed packages; prguard/ itself is the launcher (its
+#: subpackage entries are links to these directories).
+PACKAGES = ("shared", "broker", "worker", "prguard", "client", "seccomp")
+
+
+def files(package: str) -> list[Path]:
+    if package == "prguard":
+        return sorted((REPO / package).glob("*.py"))
+    return sorted((REPO / package).rglob("*.py"))
+
+
+def _top(module: str) -> str:
+    """`prguard.broker.server` -> `broker`; `prguard.main` -> `prguard`; `os` -> `os`."""
+    parts = module.split(".")
+    if parts[0] == "prguard" and len(parts) > 1 and parts[1] in PACKAGES:
+        return parts[1]
+    return parts[0]
 
 
 def imports(package: str) -> set[str]:
     found: set[str] = set()
-    for path in (REPO / package).rglob("*.py"):
+    for path in files(package):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
-                found |= {alias.name.split(".")[0] for alias in node.names}
+                found |= {_top(alias.name) for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                found.add(node.module.split(".")[0])
+                found.add(_top(node.module))
     return found
+
+
+def test_packages_import_each_other_only_through_the_prguard_namespace() -> None:
+    for package in PACKAGES:
+        for path in files(package):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module] if isinstance(node, ast.ImportFrom) and node.module
+                         and not node.level else [])
+                for name in names:
+                    assert name.split(".")[0] not in {p for p in PACKAGES if p != "prguard"}, (
+                        f"{path.relative_to(REPO)} imports {name}")
 
 
 def test_shared_imports_neither_side() -> None:
@@ -32,7 +60,7 @@ def test_broker_and_worker_never_import_each_other() -> None:
 
 
 def sources() -> list[Path]:
-    return [p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")]
+    return [p for pkg in PACKAGES for p in files(pkg)]
 
 
 def calls_to(name: str) -> set[str]:
@@ -52,7 +80,7 @@ def test_one_ioctl_call_site() -> None:
 def test_every_message_class_is_frozen() -> None:
     from dataclasses import fields, is_dataclass
 
-    from shared import messages, qemu_protocol
+    from prguard.shared import messages, qemu_protocol
     for module in (messages, qemu_protocol):
         for obj in vars(module).values():
             if isinstance(obj, type) and is_dataclass(obj) and obj.__module__ == module.__name__:

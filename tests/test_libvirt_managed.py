@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.scsi import Sense, Status
+from prguard.shared.scsi import Sense, Status
 from tests.helpers import C_HELPER, Client, children, pr_in_cdb, pr_out_cdb, wait_for_service
 
 HELPER = Path(sys.executable).parent / "prguard"  # the console script, as qemu.conf names it

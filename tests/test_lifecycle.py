@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.scsi import Sense, Status
+from prguard.shared.scsi import Sense, Status
 from tests.helpers import (
     PRGUARD,
     REPO,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.limits import Admission, Limits
-from shared.scsi import Status
+from prguard.broker.limits import Admission, Limits
+from prguard.shared.scsi import Status
 from tests.helpers import (
     C_HELPER,
     PRGUARD,

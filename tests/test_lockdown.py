@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import sandbox
-from shared.seccomp_policy import PolicyError, parse
+from prguard.shared import sandbox
+from prguard.shared.seccomp_policy import PolicyError, parse
 from tests.helpers import (
     PRGUARD,
     REPO,

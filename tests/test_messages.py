@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.errors import ChannelError
-from shared.messages import (
+from prguard.shared.errors import ChannelError
+from prguard.shared.messages import (
     MAX_MESSAGE_SIZE,
     VERSION,
     Malformed,

@@ -1,8 +1,8 @@
 """End to end through a real guest: a nested QEMU in the lab VM, its guest's sg_persist
 going through scsi-block, QEMU's pr-manager-helper and prguard to a LIO LUN.
 
-One outer boot (virtme-ng, TCG) runs tests/lab/nested_outer.py, which starts prguard and a
-nested QEMU (TCG inside TCG) booting the vmlinux and initramfs that tests/lab/
+One outer boot (virtme-ng, TCG) runs lab/nested_outer.py, which starts prguard and a
+nested QEMU (TCG inside TCG) booting the vmlinux and initramfs that lab/
 nested_build.py makes here on the host; the nested guest is driven over a serial port.
 Each test below judges one step of what came back ($LAB_RESULTS/nested.json). A guest that
 does not boot or does not report fails every test (never a skip).
@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.lab import labvm, nested_build
+from lab import labvm, nested_build
 
 REPO = Path(__file__).resolve().parent.parent
 GUEST_TIMEOUT_S = 420.0
@@ -56,7 +56,7 @@ def nested() -> Iterator[dict[str, Any]]:
     except (labvm.LabVMError, nested_build.NestedBuildError) as e:
         pytest.fail(f"cannot build the nested guest: {e}", pytrace=False)
     script = (f"export PYTHONPATH={REPO}\ncd \"$LAB_RESULTS\"\n"
-              f"exec {sys.executable} -m tests.lab.nested_outer {images.vmlinux.parent}\n")
+              f"exec {sys.executable} -m lab.nested_outer {images.vmlinux.parent}\n")
     try:
         result = labvm.run_in_guest(script, GUEST_TIMEOUT_S, kernel=kernel,
                                     work_dir=top / "vm",

@@ -7,9 +7,9 @@ import errno
 
 import pytest
 
-from shared.scsi import Sense, SenseCode, Status
-from worker.outcome import map_outcome
-from worker.sgio import SgIoHdr, SgIoOutcome
+from prguard.shared.scsi import Sense, SenseCode, Status
+from prguard.worker.outcome import map_outcome
+from prguard.worker.sgio import SgIoHdr, SgIoOutcome
 
 KERNEL_SENSE = bytes([0x72, 0x06, 0x2A, 0x03]) + bytes(4) + b"\xaa" * 88
 
@@ -113,8 +113,8 @@ def test_pr_out_good_has_no_data() -> None:
 
 
 def test_header_is_built_by_the_worker_alone() -> None:
-    from shared.scsi import DATA_SIZE
-    from worker.sgio import SG_DXFER_FROM_DEV, SG_DXFER_TO_DEV, prepare
+    from prguard.shared.scsi import DATA_SIZE
+    from prguard.worker.sgio import SG_DXFER_FROM_DEV, SG_DXFER_TO_DEV, prepare
     pr_in = prepare(b"\x5e\x00" + bytes(5) + b"\x00\x18" + bytes(7), b"", 30000).hdr
     assert (pr_in.interface_id, pr_in.cmd_len, pr_in.mx_sb_len, pr_in.iovec_count) == (
         ord("S"), 16, 96, 0)

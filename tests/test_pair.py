@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from shared.scsi import Sense, Status
+from prguard.shared.scsi import Sense, Status
 from tests.helpers import Client, Helper, children, pr_in_cdb, pr_out_cdb
 
 INVALID_FIELD = Sense.INVALID_FIELD.fixed_format()  # what the loop driver's EINVAL maps to

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.errors import QemuProtocolError
-from shared.qemu_protocol import (
+from prguard.shared.errors import QemuProtocolError
+from prguard.shared.qemu_protocol import (
     INVALID_CDB_MESSAGE,
     NEED_DATA,
     NO_FD_MESSAGE,
@@ -28,7 +28,7 @@ from shared.qemu_protocol import (
     ServerConnection,
     State,
 )
-from shared.scsi import Sense, Status
+from prguard.shared.scsi import Sense, Status
 from tests.helpers import pr_in_cdb, pr_out_cdb
 
 FEATURES = bytes(4)

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from shared.messages import SgIoRequest
-from worker.handler import Job
-from worker.scheduler import DeviceGate
+from prguard.shared.messages import SgIoRequest
+from prguard.worker.handler import Job
+from prguard.worker.scheduler import DeviceGate
 
 
 def job(rdev: int, rid: int) -> Job:

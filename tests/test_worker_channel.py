@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import msgpack
 import pytest
 
-from shared.messages import (
+from prguard.shared.messages import (
     Malformed,
     Message,
     Ready,
@@ -25,7 +25,7 @@ from shared.messages import (
     SgIoResult,
     decode,
 )
-from shared.scsi import Sense, Status
+from prguard.shared.scsi import Sense, Status
 from tests.helpers import REPO, fd_count, pr_in_cdb, pr_out_cdb, proc_status
 
 

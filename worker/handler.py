@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shared.errors import ChannelError
-from shared.messages import Malformed, Message, Refused, SgIoRequest, SgIoResult, decode
-from shared.policy import FdFacts, check_framing, check_request
-from shared.scsi import Opcode, Sense, Status, transfer_length
-from worker.outcome import map_outcome
-from worker.sgio import SgIoOutcome
+from prguard.shared.errors import ChannelError
+from prguard.shared.messages import Malformed, Message, Refused, SgIoRequest, SgIoResult, decode
+from prguard.shared.policy import FdFacts, check_framing, check_request
+from prguard.shared.scsi import Opcode, Sense, Status, transfer_length
+from prguard.worker.outcome import map_outcome
+from prguard.worker.sgio import SgIoOutcome
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,13 @@ from typing import NoReturn
 
 import prctl
 
-from shared import fdcheck, fdpass, privileges, sandbox
-from shared.errors import ChannelError
-from shared.messages import Malformed, Ready, SgIoRequest, decode
-from shared.privileges import Identity
-from worker import handler, sgio
-from worker.outcome import map_outcome
-from worker.scheduler import DeviceGate
+from prguard.shared import fdcheck, fdpass, privileges, sandbox
+from prguard.shared.errors import ChannelError
+from prguard.shared.messages import Malformed, Ready, SgIoRequest, decode
+from prguard.shared.privileges import Identity
+from prguard.worker import handler, sgio
+from prguard.worker.outcome import map_outcome
+from prguard.worker.scheduler import DeviceGate
 
 log = logging.getLogger("prguard.worker")
 

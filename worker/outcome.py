@@ -11,8 +11,8 @@ from __future__ import annotations
 import errno as E
 from dataclasses import dataclass
 
-from shared.scsi import SENSE_SIZE, Sense, SenseCode, Status
-from worker.sgio import SgIoOutcome
+from prguard.shared.scsi import SENSE_SIZE, Sense, SenseCode, Status
+from prguard.worker.sgio import SgIoOutcome
 
 SG_ERR_DRIVER_TIMEOUT = 0x06
 

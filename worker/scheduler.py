@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from worker.handler import Job
+from prguard.worker.handler import Job
 
 
 class DeviceGate:

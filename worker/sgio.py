@@ -12,7 +12,7 @@ import ctypes
 import fcntl
 from dataclasses import dataclass
 
-from shared.scsi import CDB_SIZE, DATA_SIZE, SENSE_SIZE, Opcode
+from prguard.shared.scsi import CDB_SIZE, DATA_SIZE, SENSE_SIZE, Opcode
 
 SG_IO = 0x2285  #: <scsi/sg.h>
 SG_INTERFACE_ID = ord("S")

@@ -1,8 +1,8 @@
 #!/bin/busybox sh
-# /init of the NESTED guest (tests/lab/nested_build.py puts it in the initramfs).
+# /init of the NESTED guest (lab/nested_build.py puts it in the initramfs).
 # Loads the virtio-scsi and sd modules, waits for the scsi-block disk (/dev/sda), then
 # serves a line protocol on the second serial port (ttyS1, a unix socket chardev of the
-# outer QEMU, read by tests/lab/nested_outer.py):
+# outer QEMU, read by lab/nested_outer.py):
 #   guest -> outer   "@@READY <uptime>"                   once the disk is there
 #   outer -> guest   "<shell command>"                     one line
 #   guest -> outer   its stdout+stderr, then "@@END <rc>"

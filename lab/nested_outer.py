@@ -2,7 +2,7 @@
 (TCG inside TCG), whose guest issues PERSISTENT RESERVE commands with sg_persist on a
 scsi-block disk backed by a LIO LUN, through prguard.
 
-    PYTHONPATH=<repo> <venv python> -m tests.lab.nested_outer <dir with vmlinux, initramfs>
+    PYTHONPATH=<repo> <venv python> -m lab.nested_outer <dir with vmlinux, initramfs>
 
 Sequence (each step's raw outcome goes to $LAB_RESULTS/nested.json; the host judges):
   1. LIO (lio_setup.sh, LIO_LAYOUT=nested: one LU, two nexuses nA and nB), prguard -v on
@@ -21,7 +21,7 @@ Sequence (each step's raw outcome goes to $LAB_RESULTS/nested.json; the host jud
   5. Down for longer: prguard stopped, the guest's READ KEYS must fail (spec 4.3), QMP
      query-pr-managers must say connected: false.
   6. A helper back on the path (the second spare): the guest's next command succeeds.
-The guest is driven over its second serial port (tests/lab/nested_init.sh's protocol).
+The guest is driven over its second serial port (lab/nested_init.sh's protocol).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from lab.nested_qmp import QMP
 from tests.helpers import wait_for_path, wait_for_service
-from tests.lab.nested_qmp import QMP
 
 HERE = Path(__file__).resolve().parent
 LIO_SETUP = HERE / "lio_setup.sh"

@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from shared.scsi import SenseCode, Status
+from prguard.shared.scsi import SenseCode, Status
 
 #: PRgeneration and ADDITIONAL LENGTH, the header of READ KEYS/RESERVATION/FULL STATUS.
 _HEADER = struct.Struct(">II")

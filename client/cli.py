@@ -34,9 +34,15 @@ from prguard.client.decode import (
     TransportId,
     TruncatedError,
 )
-from shared.errors import QemuProtocolError
-from shared.qemu_protocol import NEED_DATA, ClientConnection, Event, FeaturesOffered, PrReply
-from shared.scsi import DATA_SIZE, PrInAction, PrOutAction, Status
+from prguard.shared.errors import QemuProtocolError
+from prguard.shared.qemu_protocol import (
+    NEED_DATA,
+    ClientConnection,
+    Event,
+    FeaturesOffered,
+    PrReply,
+)
+from prguard.shared.scsi import DATA_SIZE, PrInAction, PrOutAction, Status
 
 PROG = "prguard-client"
 DEFAULT_SOCKET = "/var/run/qemu-pr-helper.sock"

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Runs INSIDE the lab guest, as root.  Sets up LIO (configfs) with tcm_loop + fileio for the
-# device conformance suite (tests/lab/guest_suite.py): two identical "sides", one used only
+# device conformance suite (lab/guest_suite.py): two identical "sides", one used only
 # through prguard (p) and one only through qemu-pr-helper (c), plus a pair for the fencing
 # story (f).  Per side:
 #   <s>A, <s>B : one LU through two tcm_loop targets (two I_T nexuses = two cluster nodes);

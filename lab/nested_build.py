@@ -4,7 +4,7 @@ The lab's outer guest (virtme-ng, TCG) runs a second QEMU (TCG inside TCG) that 
 same Debian kernel. LAB.md's measured recipe for a bearable boot: the uncompressed ELF
 vmlinux (QEMU boots it through PVH), -machine q35, -cpu qemu64, qboot, mitigations=off, and
 a small initramfs: static busybox for the shell, sg_persist with the libraries ldd finds,
-the virtio-scsi and sd modules in `modprobe --show-depends` order, and tests/lab/
+the virtio-scsi and sd modules in `modprobe --show-depends` order, and lab/
 nested_init.sh as /init. Both are built here, where it takes about a second, not in the
 emulated guest; the outer guest sees them through its 9p share.
 

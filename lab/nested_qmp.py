@@ -1,5 +1,5 @@
 """A tiny QMP client: greeting, qmp_capabilities, execute, events. Used on the host
-(tests/test_qemu_interop.py) and inside the lab guest (tests/lab/nested_outer.py)."""
+(tests/test_qemu_interop.py) and inside the lab guest (lab/nested_outer.py)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Sequence
 
 from prguard.client.decode import ISCSI_ISID_SEPARATOR, Protocol
-from shared.scsi import CDB_SIZE, DATA_SIZE, Opcode, PrInAction, PrOutAction
+from prguard.shared.scsi import CDB_SIZE, DATA_SIZE, Opcode, PrInAction, PrOutAction
 
 #: The basic PR OUT parameter list (SPC-4 6.16.3), without TransportIDs.
 PARAMETER_LIST_SIZE = 24

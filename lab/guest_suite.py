@@ -27,7 +27,7 @@ Output: $LAB_RESULTS/results.json, a list of {"case", "ok", "detail", "c", "prgu
 ("c"/"prguard": [status, sense hex, data hex] or null), plus timings.json, lio.json and
 the helpers' stderr. Exit status 0 once results.json is written, whatever the verdicts.
 
-Run as: PYTHONPATH=<repo> <repo>/.venv/bin/python -m tests.lab.guest_suite
+Run as: PYTHONPATH=<repo> <repo>/.venv/bin/python -m lab.guest_suite
 """
 
 from __future__ import annotations
