@@ -64,7 +64,7 @@ soak: venv
 	dev=$$(losetup -f --show $$disk); sock=$$(mktemp -u /tmp/prguard-soak.XXXXXX.sock); \
 	$(BIN)/prguard -k $$sock --max-connections-per-peer=100 2>/dev/null & pid=$$!; \
 	while [ ! -S $$sock ]; do sleep 0.05; done; sleep 0.5; \
-	$(BIN)/python -m tests.soak $$sock $$dev $(SOAK_SECONDS) 50 $$pid; status=$$?; \
+	$(BIN)/python -m lab.soak $$sock $$dev $(SOAK_SECONDS) 50 $$pid; status=$$?; \
 	kill $$pid; wait $$pid; losetup -d $$dev; rm -f $$disk; exit $$status
 
 test: lint typecheck pytest fuzz-short

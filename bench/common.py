@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import children, stop_process
+from lab.processes import children, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"

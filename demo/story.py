@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.guest_suite import LIO_SETUP, dd_write, quiesce_udev
+from lab.processes import stop_process, wait_for_path, wait_for_service
 from prguard.client import cli as client_cli
-from tests.helpers import stop_process, wait_for_path, wait_for_service
 
 BIN = Path(sys.executable).parent  # the venv's: prguard and prguard-client are next to it
 PRGUARD = BIN / "prguard"

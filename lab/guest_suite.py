@@ -46,14 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tests.helpers import (
-    Client,
-    pr_in_cdb,
-    pr_out_cdb,
-    stop_process,
-    wait_for_path,
-    wait_for_service,
-)
+from lab.processes import stop_process, wait_for_path, wait_for_service
+from prguard.client.session import Client, pr_in_cdb, pr_out_cdb
 
 REPO = Path(__file__).resolve().parent.parent.parent
 LIO_SETUP = Path(__file__).resolve().parent / "lio_setup.sh"

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.nested_qmp import QMP
-from tests.helpers import wait_for_path, wait_for_service
+from lab.processes import wait_for_path, wait_for_service
 
 HERE = Path(__file__).resolve().parent
 LIO_SETUP = HERE / "lio_setup.sh"

@@ -9,15 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (
-    C_HELPER,
-    PRGUARD,
-    Helper,
-    detach,
-    losetup,
-    partition_node,
-    start_helper,
-)
+from lab.loopdev import detach, losetup, partition_node
+from lab.processes import C_HELPER, PRGUARD, Helper, start_helper
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import C_HELPER, REPO, activated, wait_for_path, wait_for_service
+from lab.processes import C_HELPER, REPO, activated, wait_for_path, wait_for_service
 
 PRGUARD_SCRIPT = str(Path(sys.executable).parent / "prguard")
 
@@ -260,7 +260,7 @@ def test_help_version_and_trace_help_act_at_once() -> None:
 
 
 def test_trace_events_go_to_the_trace_file(tmp: Path, fd_zoo: dict[str, int]) -> None:
-    from tests.helpers import Client, pr_in_cdb
+    from prguard.client.session import Client, pr_in_cdb
     sock, out = str(tmp / "t.sock"), tmp / "trace.out"
     served = serve(PRGUARD_SCRIPT, ["-k", sock, "-T", "enable=prguard_re*,file=" + str(out)],
                    sock)

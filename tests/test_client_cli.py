@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from lab.processes import REPO, Helper
 from prguard.client.cli import main
 from prguard.shared.fdpass import ANCILLARY_SPACE, close_all, fds_from_ancillary
 from prguard.shared.qemu_protocol import NEED_DATA, Closed, PrReply, PrRequest, ServerConnection
 from prguard.shared.scsi import ZERO_SENSE, Sense, Status
-from tests.helpers import REPO, Helper
 
 CLI = [sys.executable, "-m", "prguard.client.cli"]
 ILLEGAL_FIELD = "CHECK CONDITION: ILLEGAL REQUEST, invalid field in CDB (05/24/00)"

@@ -20,9 +20,9 @@ from prguard.client.decode import (
     TransportId,
     TruncatedError,
 )
+from prguard.client.session import pr_in_cdb, pr_out_cdb
 from prguard.shared.qemu_protocol import PrRequest
 from prguard.shared.scsi import PrInAction, PrOutAction, Sense, SenseCode, transfer_length
-from tests.helpers import pr_in_cdb, pr_out_cdb
 
 K1 = bytes.fromhex("0123456789abcdef")
 K2 = bytes.fromhex("00000000000000aa")

@@ -15,17 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (
-    C_HELPER,
-    PRGUARD,
-    REPO,
-    Client,
-    Helper,
-    activated,
-    pr_in_cdb,
-    start_helper,
-    wait_for_path,
-)
+from lab.processes import C_HELPER, PRGUARD, REPO, Helper, activated, start_helper, wait_for_path
+from prguard.client.session import Client, pr_in_cdb
 
 PRGUARD_SCRIPT = str(Path(sys.executable).parent / "prguard")
 

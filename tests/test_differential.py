@@ -14,22 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from lab.processes import C_HELPER, PRGUARD, Helper, start_helper
+from prguard.client.session import pr_in_cdb, pr_out_cdb
 from prguard.shared.scsi import Sense
-from tests.helpers import (
-    C_HELPER,
-    PRGUARD,
-    Helper,
-    Pause,
-    Recv,
-    Send,
-    Shutdown,
-    Step,
-    Transcript,
-    pr_in_cdb,
-    pr_out_cdb,
-    run_script,
-    start_helper,
-)
+from tests.helpers import Pause, Recv, Send, Shutdown, Step, Transcript, run_script
 
 HELLO: list[Step] = [Recv(4), Send(bytes(4))]
 REPLY = 104

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from fuzz.oracles import channel_datagram, chunks_from, qemu_stream
+from lab.processes import REPO
+from prguard.client.session import pr_in_cdb
 from prguard.shared.qemu_protocol import ServerConnection
-from tests.helpers import REPO, pr_in_cdb
 
 REGRESSIONS = sorted((REPO / "fuzz" / "regressions").glob("*-*"))
 

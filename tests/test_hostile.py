@@ -8,8 +8,9 @@ import random
 import socket
 import time
 
+from lab.processes import Helper, children, fd_count
+from prguard.client.session import Client, pr_in_cdb, pr_out_cdb, send_with_fds
 from prguard.shared.scsi import Status
-from tests.helpers import Client, Helper, children, fd_count, pr_in_cdb, pr_out_cdb, send_with_fds
 
 
 def hostile(path: str, kind: int, fds: dict[str, int]) -> None:

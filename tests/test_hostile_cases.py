@@ -16,20 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from prguard.shared.scsi import Sense, Status
-from tests.helpers import (
+from lab.processes import (
     PRGUARD,
     REPO,
-    Client,
     Helper,
     children,
     cpu_seconds,
     fd_count,
-    pr_in_cdb,
-    pr_out_cdb,
     proc_status,
     start_helper,
 )
+from prguard.client.session import Client, pr_in_cdb, pr_out_cdb
+from prguard.shared.scsi import Sense, Status
 
 IO_ERROR = Sense.IO_ERROR.fixed_format()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from tests.helpers import REPO
+from lab.processes import REPO
 
 #: Source directories of the installed packages; prguard/ itself is the launcher (its
 #: subpackage entries are links to these directories).

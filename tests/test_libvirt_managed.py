@@ -41,8 +41,9 @@ from pathlib import Path
 
 import pytest
 
+from lab.processes import C_HELPER, children, wait_for_service
+from prguard.client.session import Client, pr_in_cdb, pr_out_cdb
 from prguard.shared.scsi import Sense, Status
-from tests.helpers import C_HELPER, Client, children, pr_in_cdb, pr_out_cdb, wait_for_service
 
 HELPER = Path(sys.executable).parent / "prguard"  # the console script, as qemu.conf names it
 ERRBUF = 1024  # libvirt: char errbuf[1024]; reads sizeof - 1

@@ -11,19 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from prguard.shared.scsi import Sense, Status
-from tests.helpers import (
+from lab.processes import (
     PRGUARD,
     REPO,
-    Client,
     Helper,
     children,
-    pr_in_cdb,
-    pr_out_cdb,
     start_helper,
     wait_for_path,
     wait_for_service,
 )
+from prguard.client.session import Client, pr_in_cdb, pr_out_cdb
+from prguard.shared.scsi import Sense, Status
 
 LUN_COMM_FAILURE = Sense.LUN_COMM_FAILURE.fixed_format()
 

@@ -14,23 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from prguard.broker.limits import Admission, Limits
-from prguard.shared.scsi import Status
-from tests.helpers import (
+from lab.processes import (
     C_HELPER,
     PRGUARD,
     REPO,
-    Client,
     Helper,
     children,
     cpu_seconds,
-    pr_in_cdb,
-    pr_out_cdb,
-    send_with_fds,
     start_helper,
     wait_for_path,
     wait_for_service,
 )
+from prguard.broker.limits import Admission, Limits
+from prguard.client.session import Client, pr_in_cdb, pr_out_cdb, send_with_fds
+from prguard.shared.scsi import Status
 
 SHORT = "--client-timeout=1"
 
@@ -161,7 +158,7 @@ def test_one_peer_cannot_take_every_slot(quick: Helper, loop_disk: str) -> None:
     # Another process is still served.
     out = subprocess.run(
         [*PRGUARD[:1], "-c", "import sys; sys.path.insert(0, '.');"
-         "from tests.helpers import Client, pr_in_cdb; import os;"
+         "from prguard.client.session import Client, pr_in_cdb; import os;"
          f"fd = os.open({loop_disk!r}, os.O_RDWR);"
          f"c = Client({quick.path!r}); print(c.request(pr_in_cdb(), fd)[0])"],
         cwd=REPO, capture_output=True, text=True, timeout=20)
@@ -196,7 +193,7 @@ def flood_then_fresh_client(cmd: list[str], path: str, disk: str
         try:
             fresh = subprocess.run(
                 [*PRGUARD[:1], "-c", "import os, sys, time; sys.path.insert(0, '.');"
-                 "from tests.helpers import Client, pr_in_cdb; t = time.monotonic();"
+                 "from prguard.client.session import Client, pr_in_cdb; t = time.monotonic();"
                  f"fd = os.open({disk!r}, os.O_RDWR); c = Client({path!r}, timeout=8);"
                  "c.request(pr_in_cdb(), fd); print(time.monotonic() - t)"],
                 cwd=REPO, capture_output=True, text=True, timeout=8)

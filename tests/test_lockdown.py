@@ -14,16 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from lab.processes import PRGUARD, REPO, Helper, children, proc_status, start_helper
 from prguard.shared import sandbox
 from prguard.shared.seccomp_policy import PolicyError, parse
-from tests.helpers import (
-    PRGUARD,
-    REPO,
-    Helper,
-    children,
-    proc_status,
-    start_helper,
-)
 
 PRGUARD_SCRIPT = str(Path(sys.executable).parent / "prguard")
 CAP_SYS_RAWIO = 1 << 17
@@ -231,6 +224,6 @@ def test_threads_share_the_filter() -> None:
 
 def test_worker_alone_serves_with_the_filter(prguard: Helper, fd_zoo: dict[str, int]) -> None:
     """A confined pair still does the work (SG_IO passes the filter)."""
-    from tests.helpers import Client, pr_in_cdb
+    from prguard.client.session import Client, pr_in_cdb
     with Client(prguard.path) as client:
         assert client.request(pr_in_cdb(), fd_zoo["loop"])[0] == 2

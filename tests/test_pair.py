@@ -6,8 +6,9 @@ import os
 
 import pytest
 
+from lab.processes import Helper, children
+from prguard.client.session import Client, pr_in_cdb, pr_out_cdb
 from prguard.shared.scsi import Sense, Status
-from tests.helpers import Client, Helper, children, pr_in_cdb, pr_out_cdb
 
 INVALID_FIELD = Sense.INVALID_FIELD.fixed_format()  # what the loop driver's EINVAL maps to
 IO_ERROR = Sense.IO_ERROR.fixed_format()
@@ -80,7 +81,7 @@ def test_many_requests_on_one_connection_leak_no_fd(prguard: Helper,
 
 
 def test_worker_holds_only_sys_rawio_and_broker_nothing(prguard: Helper) -> None:
-    from tests.helpers import proc_status
+    from lab.processes import proc_status
     (worker,) = children(prguard.pid)
     broker_status, worker_status = proc_status(prguard.pid), proc_status(worker)
     for field in ("CapPrm", "CapEff", "CapInh", "CapBnd", "CapAmb"):

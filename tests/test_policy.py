@@ -6,9 +6,9 @@ import os
 
 import pytest
 
+from prguard.client.session import pr_in_cdb, pr_out_cdb
 from prguard.shared.policy import FdFacts, FdKind, check_framing, check_request, read_only
 from prguard.shared.scsi import Sense, SenseCode, Status, transfer_length
-from tests.helpers import pr_in_cdb, pr_out_cdb
 
 DISK = FdFacts(FdKind.BLOCK_DISK, read_only=False)
 DISK_RO = FdFacts(FdKind.BLOCK_DISK, read_only=True)

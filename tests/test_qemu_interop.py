@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from lab.nested_qmp import QMP, QMPError
-from tests.helpers import PRGUARD, Helper, start_helper
+from lab.processes import PRGUARD, Helper, start_helper
 
 QEMU = "qemu-system-x86_64"
 START_TIMEOUT_S = 30.0

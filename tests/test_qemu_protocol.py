@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prguard.client.session import pr_in_cdb, pr_out_cdb
 from prguard.shared.errors import QemuProtocolError
 from prguard.shared.qemu_protocol import (
     INVALID_CDB_MESSAGE,
@@ -29,7 +30,6 @@ from prguard.shared.qemu_protocol import (
     State,
 )
 from prguard.shared.scsi import Sense, Status
-from tests.helpers import pr_in_cdb, pr_out_cdb
 
 FEATURES = bytes(4)
 SENSE0 = bytes(96)

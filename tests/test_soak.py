@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.helpers import PRGUARD, start_helper
-from tests.soak import check, soak
+from lab.processes import PRGUARD, start_helper
+from lab.soak import check, soak
 
 
 def test_short_soak_stays_flat(sockdir: Path, loop_disk: str) -> None:

@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import REPO, Client, activated, children, pr_in_cdb, proc_status
+from lab.processes import REPO, activated, children, proc_status
+from prguard.client.session import Client, pr_in_cdb
 
 PRGUARD_SCRIPT = str(Path(sys.executable).parent / "prguard")
 UNITS = REPO / "systemd"

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 import msgpack
 import pytest
 
+from lab.processes import REPO, fd_count, proc_status
+from prguard.client.session import pr_in_cdb, pr_out_cdb
 from prguard.shared.messages import (
     Malformed,
     Message,
@@ -26,7 +28,6 @@ from prguard.shared.messages import (
     decode,
 )
 from prguard.shared.scsi import Sense, Status
-from tests.helpers import REPO, fd_count, pr_in_cdb, pr_out_cdb, proc_status
 
 
 class WorkerUnderTest:

@@ -1,6 +1,6 @@
 """Soak: many clients mixing valid and hostile traffic against one running prguard.
 
-    python -m tests.soak SOCKET DEVICE SECONDS [CLIENTS]
+    python -m lab.soak SOCKET DEVICE SECONDS [CLIENTS]
 
 All clients are threads of one process, i.e. one peer: run the helper with
 --max-connections-per-peer above CLIENTS + 20. Asserts that every valid request was
@@ -18,7 +18,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from tests.helpers import Client, children, fd_count, pr_in_cdb, pr_out_cdb, proc_status
+from lab.processes import children, fd_count, proc_status
+from prguard.client.session import Client, pr_in_cdb, pr_out_cdb
 from tests.test_hostile import hostile
 
 RSS_SLACK_KIB = 8 * 1024
@@ -133,7 +134,7 @@ def main(argv: list[str]) -> int:
     clients = int(argv[4]) if len(argv) > 4 else 50
     pid = int(argv[5]) if len(argv) > 5 else 0
     if not pid:
-        raise SystemExit("usage: python -m tests.soak SOCKET DEVICE SECONDS CLIENTS BROKER_PID")
+        raise SystemExit("usage: python -m lab.soak SOCKET DEVICE SECONDS CLIENTS BROKER_PID")
     tally, before, after = soak(path, pid, device, seconds, clients)
     problems = check(tally, before, after)
     print(f"soak: {seconds:g} s, {clients} clients, {tally.valid_answered}/{tally.valid_sent} "
