@@ -25,7 +25,7 @@ from prguard.broker.trace import Tracer
 from prguard.broker.worker_client import WorkerClient, await_ready
 from prguard.shared import fdcheck, privileges, sandbox
 from prguard.shared.privileges import Identity
-from prguard.shared.seccomp_policy import Policy, Rule
+from prguard.shared.seccomp_policy import Rule, SeccompPolicy
 
 log = logging.getLogger("prguard.broker")
 
@@ -66,8 +66,8 @@ def run(listener: socket.socket, channel: socket.socket, config: BrokerConfig) -
     notifier = Notifier.from_environ()  # connect while the socket is still reachable
     try:
         sysfs_block = fdcheck.open_sysfs_block()
-        policy = sandbox.load_policy("broker")
-        probe = (sandbox.find_forbidden(policy, config.seccomp_probe)
+        seccomp_policy = sandbox.load_seccomp_policy("broker")
+        probe = (sandbox.find_forbidden(seccomp_policy, config.seccomp_probe)
                  if config.seccomp_probe else None)
         privileges.drop(config.identity, ())
     except (OSError, privileges.PrivilegeError, sandbox.SandboxError) as exc:
@@ -76,7 +76,7 @@ def run(listener: socket.socket, channel: socket.socket, config: BrokerConfig) -
         _unlink(config.created)
         _reap(config.worker_pid)
         return 1
-    return asyncio.run(_serve(listener, channel, config, sysfs_block, policy, probe,
+    return asyncio.run(_serve(listener, channel, config, sysfs_block, seccomp_policy, probe,
                               notifier))
 
 
@@ -99,7 +99,7 @@ def _wakeup_fd() -> int | None:
 
 
 async def _serve(listener: socket.socket, channel: socket.socket, config: BrokerConfig,
-                 sysfs_block: int, policy: Policy, probe: Rule | None,
+                 sysfs_block: int, seccomp_policy: SeccompPolicy, probe: Rule | None,
                  notifier: Notifier) -> int:
     loop = asyncio.get_running_loop()
     worker = WorkerClient(channel)
@@ -118,7 +118,7 @@ async def _serve(listener: socket.socket, channel: socket.socket, config: Broker
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         warm_up(sysfs_block)
-        sandbox.lock_down(policy, _variables(config, sysfs_block))
+        sandbox.lock_down(seccomp_policy, _variables(config, sysfs_block))
     except sandbox.SandboxError as exc:
         log.error("%s", exc)
         notifier.close()
@@ -202,7 +202,7 @@ def _reap(worker_pid: int) -> str:
         except ChildProcessError:
             return "already collected"
         if pid:
-            return _describe(status)
+            return _wait_status_text(status)
         if time.monotonic() >= deadline:
             break
         time.sleep(0.01)
@@ -211,10 +211,10 @@ def _reap(worker_pid: int) -> str:
         _, status = os.waitpid(worker_pid, 0)
     except (ProcessLookupError, ChildProcessError):
         return "gone"
-    return _describe(status)
+    return _wait_status_text(status)
 
 
-def _describe(status: int) -> str:
+def _wait_status_text(status: int) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig == signal.SIGSYS:

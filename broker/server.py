@@ -1,6 +1,6 @@
 """The broker's socket shell: accept QEMU clients and drive one ServerConnection each.
 
-All parsing is in shared.qemu_protocol and all decisions in shared.policy; this file
+All parsing is in shared.qemu_protocol and all decisions in shared.rules; this file
 only moves bytes, fds and replies. One request at a time per connection; any number of
 connections at once.
 """
@@ -20,7 +20,6 @@ from prguard.broker.worker_client import WorkerClient, WorkerLost
 from prguard.shared import fdcheck, fdpass
 from prguard.shared.errors import QemuProtocolError
 from prguard.shared.messages import Refused, SgIoRequest, SgIoResult, decode
-from prguard.shared.policy import FdFacts, FdKind, check_request
 from prguard.shared.qemu_protocol import (
     NEED_DATA,
     Closed,
@@ -30,6 +29,7 @@ from prguard.shared.qemu_protocol import (
     ReadSpec,
     ServerConnection,
 )
+from prguard.shared.rules import FdFacts, FdKind, check_request
 from prguard.shared.scsi import Opcode, Sense, Status, service_action
 
 log = logging.getLogger("prguard.broker")
@@ -58,7 +58,7 @@ def peer_of(sock: socket.socket) -> Peer:
     return Peer(pid, uid, gid)
 
 
-def describe(cdb: bytes) -> str:
+def cdb_text(cdb: bytes) -> str:
     name = "PR IN" if cdb[0] == Opcode.PERSISTENT_RESERVE_IN else "PR OUT"
     return f"{name} sa {service_action(cdb):#04x} len {int.from_bytes(cdb[7:9], 'big')}"
 
@@ -84,7 +84,7 @@ def warm_up(sysfs_block_fd: int) -> None:
     check_request(cdb, facts)
     reply = PrReply(Status.CHECK_CONDITION, Sense.IO_ERROR.fixed_format())
     conn.send_reply(reply)
-    describe(cdb)
+    cdb_text(cdb)
     sense_text(reply)
     decode(SgIoRequest(1, cdb, b"").encode())
     decode(SgIoResult(1, 0, bytes(96), b"").encode())
@@ -356,7 +356,7 @@ class Broker:
                 self._tracer.emit("prguard_refused", pid=peer.pid, reason=repr(verdict.reason),
                                   status=hex(reply.status), sense=str(verdict.sense))
             if log.isEnabledFor(logging.INFO):  # the request path: format only if shown
-                log.info("%s: %s -> %s (%s)", peer, describe(request.cdb), verdict.sense,
+                log.info("%s: %s -> %s (%s)", peer, cdb_text(request.cdb), verdict.sense,
                          verdict.reason)
             return reply
         try:
@@ -365,24 +365,24 @@ class Broker:
                                                   request.fd)
         except WorkerLost as exc:
             log.error("%s: %s: outcome unknown, worker lost (%s)", peer,
-                      describe(request.cdb), exc)
+                      cdb_text(request.cdb), exc)
             return PrReply(Status.CHECK_CONDITION, Sense.LUN_COMM_FAILURE.fixed_format())
         except TimeoutError:
             log.error("%s: %s: no answer from the worker within %g s; outcome unknown", peer,
-                      describe(request.cdb), self._limits.worker_deadline)
+                      cdb_text(request.cdb), self._limits.worker_deadline)
             return PrReply(Status.CHECK_CONDITION, Sense.LUN_COMM_FAILURE.fixed_format())
         if isinstance(answer, Refused):
-            log.warning("%s: %s refused by the worker: %s", peer, describe(request.cdb),
+            log.warning("%s: %s refused by the worker: %s", peer, cdb_text(request.cdb),
                         answer.reason)
             return PrReply(answer.status, answer.sense)
         pr_in = request.opcode is Opcode.PERSISTENT_RESERVE_IN
         if answer.data and (not pr_in or len(answer.data) > request.transfer_length
                             or answer.status != Status.GOOD):
             log.error("%s: worker answered %d data bytes for %s; not passed on", peer,
-                      len(answer.data), describe(request.cdb))
+                      len(answer.data), cdb_text(request.cdb))
             return PrReply(Status.CHECK_CONDITION, Sense.LUN_COMM_FAILURE.fixed_format())
         reply = PrReply(answer.status, answer.sense, answer.data)
         if log.isEnabledFor(logging.INFO):
-            log.info("%s: %s -> status %#04x sense %s, %d bytes", peer, describe(request.cdb),
+            log.info("%s: %s -> status %#04x sense %s, %d bytes", peer, cdb_text(request.cdb),
                      reply.status, sense_text(reply), len(reply.data))
         return reply

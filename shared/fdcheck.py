@@ -11,7 +11,7 @@ import fcntl
 import os
 import stat
 
-from prguard.shared.policy import FdFacts, FdKind, read_only
+from prguard.shared.rules import FdFacts, FdKind, read_only
 
 SYS_DEV_BLOCK = "/sys/dev/block"
 #: Character major of the SCSI generic driver (Documentation/admin-guide/devices.txt).

@@ -13,7 +13,7 @@ from typing import TextIO
 import pyseccomp
 
 from prguard.seccomp import policy_text
-from prguard.shared.seccomp_policy import Condition, Policy, Rule, parse
+from prguard.shared.seccomp_policy import Condition, Rule, SeccompPolicy, parse
 
 Variables = dict[str, int | None]
 
@@ -22,7 +22,7 @@ class SandboxError(Exception):
     """The filter could not be built or loaded."""
 
 
-def load_policy(role: str) -> Policy:
+def load_seccomp_policy(role: str) -> SeccompPolicy:
     text: str = policy_text(role)
     return parse(text)
 
@@ -34,7 +34,7 @@ def _arg(condition: Condition) -> pyseccomp.Arg:
     return pyseccomp.Arg(condition.arg, pyseccomp.MASKED_EQ, condition.mask, condition.value)
 
 
-def build(policy: Policy, variables: Variables) -> pyseccomp.SyscallFilter:
+def build(policy: SeccompPolicy, variables: Variables) -> pyseccomp.SyscallFilter:
     flt = pyseccomp.SyscallFilter(pyseccomp.KILL_PROCESS)
     flt.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
     flt.set_attr(pyseccomp.Attr.CTL_TSYNC, 1)
@@ -52,7 +52,7 @@ def build(policy: Policy, variables: Variables) -> pyseccomp.SyscallFilter:
     return flt
 
 
-def lock_down(policy: Policy, variables: Variables) -> None:
+def lock_down(policy: SeccompPolicy, variables: Variables) -> None:
     """Build and load the filter for every thread of this process. The policy was read
     before the process gave up its identity (its file may not be readable after)."""
     try:
@@ -65,7 +65,7 @@ def lock_down(policy: Policy, variables: Variables) -> None:
 def export_pfc(role: str, variables: Variables, out: TextIO) -> None:
     """libseccomp's PFC listing of `role`'s filter, for auditors."""
     out.flush()
-    build(load_policy(role), variables).export_pfc(out)
+    build(load_seccomp_policy(role), variables).export_pfc(out)
 
 
 def probe_arguments(rule: Rule) -> list[int]:
@@ -87,7 +87,7 @@ def probe(rule: Rule) -> int:
     return result
 
 
-def find_forbidden(policy: Policy, spec: str) -> Rule:
+def find_forbidden(policy: SeccompPolicy, spec: str) -> Rule:
     """`spec` is `syscall` or `syscall#N` (the N-th forbid line for that syscall)."""
     name, _, index = spec.partition("#")
     matches = [r for r in policy.forbidden if r.syscall == name]

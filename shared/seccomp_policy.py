@@ -22,7 +22,7 @@ ACTIONS = ("allow", "forbid")
 DEFAULTS = ("kill_process",)
 
 
-class PolicyError(ValueError):
+class SeccompPolicyError(ValueError):
     """The policy text is malformed; the message names the line."""
 
 
@@ -59,7 +59,7 @@ class Rule:
 
 
 @dataclass(frozen=True)
-class Policy:
+class SeccompPolicy:
     default: str
     rules: tuple[Rule, ...]
 
@@ -81,7 +81,7 @@ def _value(text: str) -> int | str:
     return text[1:] if text.startswith("$") else int(text, 0)
 
 
-def parse(text: str) -> Policy:
+def parse(text: str) -> SeccompPolicy:
     default: str | None = None
     rules: list[Rule] = []
     for number, raw in enumerate(text.splitlines(), 1):
@@ -92,26 +92,26 @@ def parse(text: str) -> Policy:
         words = body.split(None, 2)
         if words[0] == "default":
             if len(words) != 2 or words[1] not in DEFAULTS or default is not None:
-                raise PolicyError(f"line {number}: expected one 'default kill_process'")
+                raise SeccompPolicyError(f"line {number}: expected one 'default kill_process'")
             default = words[1]
             continue
         if words[0] not in ACTIONS or len(words) < 2 or not _SYSCALL.match(words[1]):
-            raise PolicyError(f"line {number}: expected 'allow|forbid SYSCALL ...'")
+            raise SeccompPolicyError(f"line {number}: expected 'allow|forbid SYSCALL ...'")
         if not hash_ or not why:
-            raise PolicyError(f"line {number}: every rule needs a '# why'")
+            raise SeccompPolicyError(f"line {number}: every rule needs a '# why'")
         conditions: list[Condition] = []
         if len(words) == 3:
             for part in words[2].split(" and "):
                 match = _CONDITION.match(part.strip())
                 if not match or int(match.group(1)) > MAX_ARG:
-                    raise PolicyError(f"line {number}: bad condition {part.strip()!r}")
+                    raise SeccompPolicyError(f"line {number}: bad condition {part.strip()!r}")
                 mask = match.group(2)
                 mask_value = _value(mask) if mask else None
                 if isinstance(mask_value, str):
-                    raise PolicyError(f"line {number}: a mask must be a number")
+                    raise SeccompPolicyError(f"line {number}: a mask must be a number")
                 conditions.append(Condition(int(match.group(1)), mask_value,
                                             _value(match.group(3))))
         rules.append(Rule(words[0], words[1], tuple(conditions), why, number))
     if default is None:
-        raise PolicyError("no 'default' line")
-    return Policy(default, tuple(rules))
+        raise SeccompPolicyError("no 'default' line")
+    return SeccompPolicy(default, tuple(rules))

@@ -16,7 +16,7 @@ import pytest
 
 from lab.processes import PRGUARD, REPO, Helper, children, proc_status, start_helper
 from prguard.shared import sandbox
-from prguard.shared.seccomp_policy import PolicyError, parse
+from prguard.shared.seccomp_policy import SeccompPolicyError, parse
 
 PRGUARD_SCRIPT = str(Path(sys.executable).parent / "prguard")
 CAP_SYS_RAWIO = 1 << 17
@@ -60,7 +60,7 @@ def test_proc_status_with_user_and_group(nobody: Helper) -> None:
 def forbidden(role: str) -> list[str]:
     specs: list[str] = []
     seen: dict[str, int] = {}
-    for rule in sandbox.load_policy(role).forbidden:
+    for rule in sandbox.load_seccomp_policy(role).forbidden:
         index = seen.get(rule.syscall, 0)
         seen[rule.syscall] = index + 1
         specs.append(f"{rule.syscall}#{index}")
@@ -175,7 +175,7 @@ def test_print_seccomp_shows_the_compiled_filters() -> None:
 @pytest.mark.parametrize("role", ["broker", "worker"])
 def test_policy_files_are_complete_and_reviewable(role: str) -> None:
     import pyseccomp
-    policy = sandbox.load_policy(role)
+    policy = sandbox.load_seccomp_policy(role)
     assert policy.default == "kill_process"
     for rule in policy.rules:
         assert rule.why, rule
@@ -188,9 +188,9 @@ def test_policy_files_are_complete_and_reviewable(role: str) -> None:
 
 
 def test_worker_ioctl_is_sg_io_only() -> None:
-    rules = [r for r in sandbox.load_policy("worker").allowed if r.syscall == "ioctl"]
+    rules = [r for r in sandbox.load_seccomp_policy("worker").allowed if r.syscall == "ioctl"]
     assert [str(r) for r in rules] == ["allow ioctl arg1 == 0x2285"]
-    broker = [r for r in sandbox.load_policy("broker").allowed if r.syscall == "ioctl"]
+    broker = [r for r in sandbox.load_seccomp_policy("broker").allowed if r.syscall == "ioctl"]
     assert [str(r) for r in broker] == ["allow ioctl arg1 == 0x5421"]
 
 
@@ -205,18 +205,18 @@ def test_worker_ioctl_is_sg_io_only() -> None:
     "default kill_process\nallow read arg1 & $X == 0 # variable mask",
 ])
 def test_malformed_policies_are_rejected(text: str) -> None:
-    with pytest.raises(PolicyError):
+    with pytest.raises(SeccompPolicyError):
         parse(text)
 
 
 def test_threads_share_the_filter() -> None:
     """TSYNC: a thread that existed before the filter is confined too."""
     script = ("import threading,os,time,sys\n"
-              "from shared import sandbox\n"
+              "from prguard.shared import sandbox\n"
               "ev=threading.Event()\n"
               "def run():\n    ev.wait(); os.open('/etc/hostname', os.O_RDONLY)\n"
               "t=threading.Thread(target=run); t.start()\n"
-              "sandbox.lock_down(sandbox.load_policy('worker'), {'SYSFS_BLOCK_FD': None})\n"
+              "sandbox.lock_down(sandbox.load_seccomp_policy('worker'), {'SYSFS_BLOCK_FD': None})\n"
               "ev.set(); t.join()\n")
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, timeout=20)
     assert result.returncode == -signal.SIGSYS

@@ -121,7 +121,7 @@ def test_undecodable_or_misdirected_datagrams_are_malformed(
     (pr_in_cdb(), b"", "dir", Sense.IO_ERROR),
     (pr_in_cdb(7), b"", "loop", Sense.INVALID_FIELD),
 ])
-def test_requests_the_policy_forbids_are_refused(
+def test_requests_the_rules_forbid_are_refused(
         worker: WorkerUnderTest, fd_zoo: dict[str, int], cdb: bytes, data: bytes, fd: str,
         sense: object) -> None:
     base = fd_count(worker.proc.pid)

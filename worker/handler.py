@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from prguard.shared.errors import ChannelError
 from prguard.shared.messages import Malformed, Message, Refused, SgIoRequest, SgIoResult, decode
-from prguard.shared.policy import FdFacts, check_framing, check_request
+from prguard.shared.rules import FdFacts, check_framing, check_request
 from prguard.shared.scsi import Opcode, Sense, Status, transfer_length
 from prguard.worker.outcome import map_outcome
 from prguard.worker.sgio import SgIoOutcome

@@ -27,8 +27,8 @@ from prguard.shared.errors import ChannelError
 from prguard.shared.messages import Malformed, Ready, SgIoRequest, decode
 from prguard.shared.privileges import Identity
 from prguard.worker import handler, sgio
+from prguard.worker.device_gate import DeviceGate
 from prguard.worker.outcome import map_outcome
-from prguard.worker.scheduler import DeviceGate
 
 log = logging.getLogger("prguard.worker")
 
@@ -110,8 +110,8 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
 
     try:
         sysfs_block = fdcheck.open_sysfs_block()
-        policy = sandbox.load_policy("worker")
-        probe = (sandbox.find_forbidden(policy, config.seccomp_probe)
+        seccomp_policy = sandbox.load_seccomp_policy("worker")
+        probe = (sandbox.find_forbidden(seccomp_policy, config.seccomp_probe)
                  if config.seccomp_probe else None)
         privileges.drop(config.identity, KEEP_CAPS)
         prctl.set_pdeathsig(signal.SIGTERM)
@@ -125,7 +125,7 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
         for thread in receivers:  # started before the filter: no clone once confined
             thread.start()
         _warm_up(sysfs_block, config.sg_timeout_ms)
-        sandbox.lock_down(policy, {"SYSFS_BLOCK_FD": sysfs_block})
+        sandbox.lock_down(seccomp_policy, {"SYSFS_BLOCK_FD": sysfs_block})
     except (OSError, privileges.PrivilegeError, sandbox.SandboxError) as exc:
         _die(str(exc))
     if probe is not None:

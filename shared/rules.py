@@ -1,4 +1,5 @@
-"""What prguard lets through to SG_IO, as pure functions over a CDB and facts about an fd.
+"""The request rules: what prguard lets through to SG_IO, as pure functions over a CDB
+and facts about an fd.
 
 Both processes run the same checks: the broker to answer early, the worker because it
 trusts nobody. The order reproduces the C helper's answers wherever it has one:

@@ -1,4 +1,4 @@
-"""The request policy both processes apply, and the SCSI vocabulary under it."""
+"""The request rules both processes apply, and the SCSI vocabulary under them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import pytest
 
 from prguard.client.session import pr_in_cdb, pr_out_cdb
-from prguard.shared.policy import FdFacts, FdKind, check_framing, check_request, read_only
+from prguard.shared.rules import FdFacts, FdKind, check_framing, check_request, read_only
 from prguard.shared.scsi import Sense, SenseCode, Status, transfer_length
 
 DISK = FdFacts(FdKind.BLOCK_DISK, read_only=False)

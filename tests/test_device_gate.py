@@ -9,8 +9,8 @@ import time
 import pytest
 
 from prguard.shared.messages import SgIoRequest
+from prguard.worker.device_gate import DeviceGate
 from prguard.worker.handler import Job
-from prguard.worker.scheduler import DeviceGate
 
 
 def job(rdev: int, rid: int) -> Job:
