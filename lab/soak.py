@@ -18,9 +18,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from lab.hostile import KINDS, hostile_connection
 from lab.processes import children, fd_count, proc_status
 from prguard.client.session import Client, pr_in_cdb, pr_out_cdb
-from tests.test_hostile import hostile
 
 RSS_SLACK_KIB = 8 * 1024
 
@@ -59,7 +59,7 @@ def client_loop(path: str, device: str, until: float, seed: int, tally: Tally) -
     try:
         while time.monotonic() < until:
             if rng.random() < 0.3:
-                hostile(path, rng.randrange(11), fds)
+                hostile_connection(path, rng.randrange(KINDS), fds)
                 with tally.lock:
                     tally.hostile += 1
                 continue

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from lab.conversation import Pause, Recv, Send, Shutdown, Step, Transcript, run_script
 from lab.processes import C_HELPER, PRGUARD, Helper, start_helper
 from prguard.client.session import pr_in_cdb, pr_out_cdb
 from prguard.shared.scsi import Sense
-from tests.helpers import Pause, Recv, Send, Shutdown, Step, Transcript, run_script
 
 HELLO: list[Step] = [Recv(4), Send(bytes(4))]
 REPLY = 104

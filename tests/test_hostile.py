@@ -1,54 +1,61 @@
-"""A thousand hostile connections: each is closed or answered, nobody else is held up,
-and both processes end with the fds they started with."""
+"""Hostile clients: odd fds, floods of connections and requests, a stuck or killed
+process, users without access (docs/HOSTILE.md maps every hostile case to its test)."""
 
 from __future__ import annotations
 
 import os
 import random
+import select
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
-from lab.processes import Helper, children, fd_count
-from prguard.client.session import Client, pr_in_cdb, pr_out_cdb, send_with_fds
-from prguard.shared.scsi import Status
+import pytest
+
+from lab.hostile import KINDS, hostile_connection
+from lab.processes import (
+    PRGUARD,
+    REPO,
+    Helper,
+    children,
+    cpu_seconds,
+    fd_count,
+    proc_status,
+    start_helper,
+)
+from prguard.client.session import Client, pr_in_cdb, pr_out_cdb
+from prguard.shared.scsi import Sense, Status
+
+IO_ERROR = Sense.IO_ERROR.fixed_format()
 
 
-def hostile(path: str, kind: int, fds: dict[str, int]) -> None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(5)
-    sock.connect(path)
-    try:
-        if kind == 0:
-            return  # connect and vanish
-        sock.recv(4)
-        if kind == 1:
-            sock.send(b"\xff\xff\xff\xff")
-            return
-        sock.send(bytes(4))
-        if kind == 2:
-            send_with_fds(sock, pr_in_cdb())  # no fd
-        elif kind == 3:
-            send_with_fds(sock, pr_in_cdb(), [fds["loop"], fds["file"]])
-        elif kind == 4:
-            send_with_fds(sock, b"\x2a" + bytes(15), [fds["loop"]])
-        elif kind == 5:
-            send_with_fds(sock, pr_out_cdb(0, 8193), [fds["loop"]])
-        elif kind == 6:
-            send_with_fds(sock, pr_in_cdb()[:7], [fds["loop"]])  # half a CDB, then gone
-        elif kind == 7:
-            send_with_fds(sock, pr_out_cdb(0, 24), [fds["loop"]])
-            sock.send(bytes(5))  # short parameter list, then gone
-        elif kind == 8:
-            send_with_fds(sock, pr_in_cdb(), [fds["loop"]] * 20)
-        elif kind == 9:
-            send_with_fds(sock, pr_in_cdb(0, 8192), [fds["loop"]])  # never reads the reply
-        elif kind == 10:
-            for _ in range(40):  # one byte per message, each with an fd
-                send_with_fds(sock, b"\x5e", [fds["file"]])
-    except OSError:
-        pass  # the helper may already have closed on us: that is the point
-    finally:
-        sock.close()
+@pytest.fixture
+def odd_fds() -> Iterator[dict[str, int]]:
+    """Kinds of fd a guest-controlled QEMU could pass that are not SCSI devices."""
+    fds = {"eventfd": os.eventfd(0), "memfd": os.memfd_create("x"),
+           "zero": os.open("/dev/zero", os.O_RDWR), "urandom": os.open("/dev/urandom",
+                                                                       os.O_RDWR)}
+    epoll = select.epoll()
+    fds["epoll"] = os.dup(epoll.fileno())
+    epoll.close()
+    fds["pty"], fds["tty"] = os.openpty()
+    yield fds
+    for fd in fds.values():
+        os.close(fd)
+
+
+@pytest.mark.parametrize("kind", ["eventfd", "memfd", "epoll", "zero", "urandom", "pty", "tty"])
+def test_odd_fds_are_refused_before_any_ioctl(prguard: Helper, odd_fds: dict[str, int],
+                                              kind: str) -> None:
+    with Client(prguard.path) as client:
+        assert client.request(pr_in_cdb(), odd_fds[kind]) == (Status.CHECK_CONDITION,
+                                                              IO_ERROR, b"")
+        assert client.request(pr_out_cdb(0, 24), odd_fds[kind], bytes(24))[1] == IO_ERROR
 
 
 def test_thousand_hostile_connections_leave_no_fd_behind(prguard: Helper,
@@ -60,7 +67,7 @@ def test_thousand_hostile_connections_leave_no_fd_behind(prguard: Helper,
     baseline = (fd_count(prguard.pid), fd_count(worker))
     rng = random.Random(1234)
     for _ in range(1000):
-        hostile(prguard.path, rng.randrange(11), fd_zoo)
+        hostile_connection(prguard.path, rng.randrange(KINDS), fd_zoo)
     deadline = time.monotonic() + 10
     while (fd_count(prguard.pid), fd_count(worker)) != baseline:
         assert time.monotonic() < deadline, (baseline, fd_count(prguard.pid), fd_count(worker))
@@ -71,3 +78,119 @@ def test_thousand_hostile_connections_leave_no_fd_behind(prguard: Helper,
         assert client.request(pr_in_cdb(), fd_zoo["loop"])[0] == Status.CHECK_CONDITION
     assert prguard.proc.poll() is None
     assert os.path.exists(f"/proc/{worker}")
+
+
+def test_ten_thousand_requests_leave_fds_rss_and_threads_constant(
+        prguard: Helper, fd_zoo: dict[str, int]) -> None:
+    (worker,) = children(prguard.pid)
+
+    def state() -> tuple[int, int, int, int, int, int]:
+        b, w = proc_status(prguard.pid), proc_status(worker)
+        return (fd_count(prguard.pid), fd_count(worker), int(b["Threads"]),
+                int(w["Threads"]), int(b["VmRSS"].split()[0]), int(w["VmRSS"].split()[0]))
+
+    with Client(prguard.path) as client:
+        for _ in range(500):  # warm-up: allocator and caches settle
+            client.request(pr_in_cdb(), fd_zoo["loop"])
+        before = state()
+        for _ in range(10_000):
+            client.request(pr_in_cdb(), fd_zoo["loop"])
+        after = state()
+    assert after[:4] == before[:4]
+    assert after[4] - before[4] < 2048 and after[5] - before[5] < 2048  # KiB
+
+
+def test_two_thousand_idle_connections_stay_bounded(sockdir: Path, fd_zoo: dict[str, int]
+                                                    ) -> None:
+    helper = start_helper(PRGUARD, str(sockdir / "i.sock"), "--max-connections=100",
+                          "--max-connections-per-peer=5000")
+    try:
+        held = []
+        for _ in range(2000):
+            s = socket.socket(socket.AF_UNIX)
+            s.setblocking(False)
+            try:
+                s.connect(helper.path)
+            except BlockingIOError:
+                s.close()
+                continue
+            held.append(s)
+        time.sleep(1)
+        pids = [helper.pid, *children(helper.pid)]
+        start = cpu_seconds(pids)
+        time.sleep(2)
+        assert cpu_seconds(pids) - start < 0.2  # accept paused, not spun
+        assert fd_count(helper.pid) <= 100 + 32
+        assert int(proc_status(helper.pid)["VmRSS"].split()[0]) < 64 * 1024
+        for s in held:
+            s.close()
+    finally:
+        helper.stop()
+
+
+def test_broker_killed_worker_gone_within_a_second(prguard: Helper) -> None:
+    (worker,) = children(prguard.pid)
+    prguard.proc.kill()
+    prguard.proc.wait(5)
+    deadline = time.monotonic() + 1.0
+    while os.path.exists(f"/proc/{worker}") and "State:\tZ" not in Path(
+            f"/proc/{worker}/status").read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_a_stopped_worker_gets_the_request_answered_at_the_deadline(
+        sockdir: Path, fd_zoo: dict[str, int]) -> None:
+    """A LUN (or worker) that never answers: the request is answered 0b/08/00 once the
+    SG_IO timeout and a grace period have passed; the broker stays responsive."""
+    helper = start_helper(PRGUARD, str(sockdir / "d.sock"), "--sg-timeout=1")
+    (worker,) = children(helper.pid)
+    try:
+        os.kill(worker, signal.SIGSTOP)
+        result: list[tuple[int, bytes, bytes]] = []
+        started = time.monotonic()
+        with Client(helper.path, timeout=20) as stuck:
+            t = threading.Thread(target=lambda: result.append(
+                stuck.request(pr_in_cdb(), fd_zoo["loop"])))
+            t.start()
+            time.sleep(0.5)
+            with Client(helper.path) as other:  # requests the broker answers itself
+                assert other.request(pr_in_cdb(), fd_zoo["file"])[1] == IO_ERROR
+            t.join(15)
+        assert result == [(Status.CHECK_CONDITION, Sense.LUN_COMM_FAILURE.fixed_format(),
+                           b"")]
+        assert 5 < time.monotonic() - started < 10  # 1 s SG_IO timeout + 5 s grace
+    finally:
+        os.kill(worker, signal.SIGCONT)
+        helper.stop()
+
+
+def test_user_zero_is_accepted_as_by_the_c_helper(sockdir: Path) -> None:
+    """Decision: -u 0 -g 0 runs (QEMU's helper accepts it); capabilities are still
+    reduced, securebits keep root from regaining any, and seccomp is loaded."""
+    helper = start_helper(PRGUARD, str(sockdir / "z.sock"), "-u", "0", "-g", "0")
+    try:
+        (worker,) = children(helper.pid)
+        for pid, caps in ((helper.pid, 0), (worker, 1 << 17)):
+            status = proc_status(pid)
+            assert int(status["CapEff"], 16) == caps and status["Seccomp"] == "2"
+    finally:
+        helper.stop()
+
+
+def test_users_without_write_access_to_the_socket_cannot_connect(prguard: Helper) -> None:
+    os.chmod(os.path.dirname(prguard.path), 0o755)  # the directory is not the barrier
+    os.chmod(prguard.path, 0o755)  # the socket is: what bind gives under umask 022
+    script = ("import socket,sys\n"
+              "s=socket.socket(socket.AF_UNIX)\n"
+              "try:\n    s.connect(sys.argv[1]); print('connected')\n"
+              "except PermissionError: print('EACCES')\n")
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          sys.executable, "-c", script, prguard.path], capture_output=True,
+                         text=True, cwd=REPO, timeout=20)
+    assert out.stdout.strip() == "EACCES"
+    os.chmod(prguard.path, 0o757)  # and the control: with write access it connects
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          sys.executable, "-c", script, prguard.path], capture_output=True,
+                         text=True, cwd=REPO, timeout=20)
+    assert out.stdout.strip() == "connected"

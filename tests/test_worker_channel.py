@@ -34,7 +34,7 @@ class WorkerUnderTest:
     def __init__(self) -> None:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.run_worker", str(theirs.fileno())], cwd=REPO,
+            [sys.executable, "-m", "lab.lone_worker", str(theirs.fileno())], cwd=REPO,
             pass_fds=(theirs.fileno(),), stderr=subprocess.PIPE)
         theirs.close()
         self.sock.settimeout(10)
@@ -165,7 +165,7 @@ def test_worker_exits_nonzero_when_its_parent_dies() -> None:
     """The broker dying (parent gone) is not an orderly stop."""
     script = ("import os,socket,subprocess,sys,time\n"
               "a,b=socket.socketpair(socket.AF_UNIX,socket.SOCK_SEQPACKET)\n"
-              "p=subprocess.Popen([sys.executable,'-m','tests.run_worker',str(b.fileno())],"
+              "p=subprocess.Popen([sys.executable,'-m','lab.lone_worker',str(b.fileno())],"
               "pass_fds=(b.fileno(),))\n"
               "a.recv(100); print(p.pid, flush=True); os._exit(0)\n")
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,

@@ -1,4 +1,4 @@
-"""Test helper: run with the broker's credentials (uid, gid, no capabilities) and try to
+"""Run with the broker's credentials (uid, gid, no capabilities) and try to
 reach into the worker. Prints one JSON object {attempt: errno name or "ALLOWED"}."""
 
 from __future__ import annotations

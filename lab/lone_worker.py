@@ -1,4 +1,6 @@
-"""Test entry: run the worker alone on fd argv[1] (one end of a socketpair the test holds).
+"""The worker alone on fd argv[1] (one end of a socketpair the caller holds):
+
+    python -m lab.lone_worker FD
 
 This is how the tests play a compromised broker: they speak to the worker's end of the
 channel directly. Not installed, not reachable from the QEMU socket.

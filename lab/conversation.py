@@ -1,4 +1,4 @@
-"""Test support for the differential suites: scripted conversations with a helper,
+"""Scripted conversations with a helper, for the differential tests: what it sent back,
 byte for byte, and whether (and where) it closed the connection."""
 
 from __future__ import annotations
