@@ -1,4 +1,4 @@
-"""The request rules both processes apply, and the SCSI vocabulary under them."""
+"""The request rules both processes apply."""
 
 from __future__ import annotations
 
@@ -8,29 +8,11 @@ import pytest
 
 from prguard.client.session import pr_in_cdb, pr_out_cdb
 from prguard.shared.rules import FdFacts, FdKind, check_framing, check_request, read_only
-from prguard.shared.scsi import Sense, SenseCode, Status, transfer_length
+from prguard.shared.scsi import Sense, SenseCode, Status
 
 DISK = FdFacts(FdKind.BLOCK_DISK, read_only=False)
 DISK_RO = FdFacts(FdKind.BLOCK_DISK, read_only=True)
 SG = FdFacts(FdKind.SCSI_GENERIC, read_only=False)
-
-
-def test_sense_fixed_format_matches_scsi_build_sense() -> None:
-    sense = Sense.INVALID_FIELD.fixed_format()
-    assert len(sense) == 96
-    assert sense[:18] == bytes([0x70, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0, 0, 0])
-    assert sense[18:] == bytes(78)
-    assert str(Sense.SPACE_ALLOC_FAILED) == "07/27/07"
-    with pytest.raises(ValueError):
-        SenseCode(0x10, 0, 0)
-
-
-@pytest.mark.parametrize(("cdb", "length"), [
-    (pr_in_cdb(0, 0), 0), (pr_in_cdb(0, 8192), 8192),
-    (b"\x5f\0\0\0\0\xff\xff\x00\x18" + bytes(7), 24),  # bytes 5-6 ignored for framing
-])
-def test_transfer_length_reads_bytes_7_and_8(cdb: bytes, length: int) -> None:
-    assert transfer_length(cdb) == length
 
 
 @pytest.mark.parametrize(("cdb", "data_len", "ok"), [
