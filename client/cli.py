@@ -103,6 +103,16 @@ _SHORT = {
 }
 _TAKES_TRANSPORT_IDS = ("register", "register-ignore", "register-move")
 
+#: The man page's words on an option beyond its --help line, by its long name (or a
+#: positional's metavar). The page is generated from the parser: options need no entry.
+MAN_NOTES: dict[str, str] = {
+    "--socket": "A helper that libvirt manages for a domain listens on "
+                "/var/lib/libvirt/qemu/domain-ID-NAME/pr-helper0.sock.",
+    "DEVICE": "The whole disk (/dev/sdX, a /dev/disk/by-id name, or /dev/sgN), opened "
+              "read-write unless --readonly: the fd QEMU would send for its scsi-block "
+              "disk.",
+}
+
 EPILOG = f"""\
 TransportIDs (--transport-id, once per ID): sas,HEX  fcp,HEX  iqn.NAME[,i,0xISID]
 (also eui./naa. names, or iscsi,NAME)  hex,BYTES (sent as given).

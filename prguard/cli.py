@@ -18,6 +18,7 @@ from prguard.broker.limits import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PER_PEER,
     DEFAULT_MESSAGE_DEADLINE,
+    WORKER_GRACE,
 )
 from prguard.broker.trace import TraceOptionError, TraceSpec
 
@@ -29,16 +30,114 @@ DEFAULT_SG_PER_DEVICE = 4
 
 #: -u/-g value meaning "keep the current id" (uid_t)-1, accepted as the C helper does.
 NO_CHANGE = 2**32 - 1
-SHORT_WITH_ARG = set("kfTug")
-SHORT_FLAGS = set("hVdvq")
-#: The C helper's long options: name -> short letter.
-C_LONG = {
-    "help": "h", "version": "V", "socket": "k", "pidfile": "f", "daemon": "d",
-    "trace": "T", "user": "u", "group": "g", "verbose": "v", "quiet": "q",
-}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: how it is parsed, its --help lines and its man page text.
+
+    `help` lines are printed as they are, after the option column; the man page joins
+    them into its paragraph and adds `man`.
+    """
+
+    long: str
+    short: str = ""  #: the C helper's letter; prguard's own options have none
+    arg: str = ""  #: the value's name, "" for a flag
+    help: tuple[str, ...] = ()
+    man: str = ""
+    #: between the option and `arg` in --help (-T shows its syntax after a space)
+    separator: str = "="
+
+    @property
+    def key(self) -> str:
+        return self.short or self.long
+
+
+@dataclass(frozen=True)
+class OptionGroup:
+    title: str  #: a heading line in --help, "" for none
+    own: bool  #: prguard's own options: long only, spelled in full
+    options: tuple[Option, ...]
+
+
+OPTION_GROUPS = (
+    OptionGroup("", False, (
+        Option("help", "h", help=("display this help and exit",)),
+        Option("version", "V", help=("output version information and exit",)),
+    )),
+    OptionGroup("", False, (
+        Option("daemon", "d", help=("run in the background",),
+               man="Detach once the socket listens: fork (the parent exits 0), start a new "
+                   "session, change to /, stdin, stdout and stderr on /dev/null; then write "
+                   "the pidfile."),
+        Option("pidfile", "f", "PATH",
+               ("PID file when running as a daemon", f"(default '{DEFAULT_PIDFILE}')"),
+               man="Written with -d, or whenever -f is given: created 0600, locked for the "
+                   "life of the process, never removed. A pidfile another process holds "
+                   "locked is an error."),
+        Option("socket", "k", "PATH",
+               ("path to the unix socket", f"(default '{DEFAULT_SOCKET}')"),
+               man="An absolute path. The socket listens before its path appears, so a "
+                   "client that sees the path can connect. At exit prguard removes it, "
+                   "unless another instance has since taken the path over. Not allowed "
+                   "with socket activation."),
+        Option("trace", "T", "[[enable=]<pattern>][,events=<file>][,file=<file>]",
+               ("specify tracing options",), separator=" ",
+               man="Enable the trace events matching pattern (a glob; a leading - "
+                   "disables), or each pattern listed in the events file, one a line; write "
+                   "the events to the file given by file= instead of stderr. May be "
+                   "repeated. -T help lists the events and exits."),
+        Option("user", "u", "USER", ("user to drop privileges to",),
+               man="A name or a numeric uid. Both processes run as this user, without "
+                   "supplementary groups; the worker keeps CAP_SYS_RAWIO only."),
+        Option("group", "g", "GROUP", ("group to drop privileges to",),
+               man="A name or a numeric gid."),
+        Option("verbose", "v", help=("log more (repeat for more)",),
+               man="-v: a line per request with the client's pid, uid and gid, and why "
+                   "each connection was closed; -vv: debugging (connections accepted, the "
+                   "worker's start-up)."),
+        Option("quiet", "q", help=("do not log per-connection errors",),
+               man="Only errors are logged: those that stop prguard or lose a request."),
+    )),
+    OptionGroup("prguard options (spelled in full):", True, (
+        Option("sg-timeout", arg="SECONDS",
+               help=(f"SG_IO timeout (default {DEFAULT_SG_TIMEOUT:g})",),
+               man=f"The time the device has to complete one PERSISTENT RESERVE IN or OUT. "
+                   f"A request still unanswered {WORKER_GRACE:g} s later is answered CHECK "
+                   f"CONDITION, LOGICAL UNIT COMMUNICATION FAILURE (0b/08/00): its outcome "
+                   f"is unknown."),
+        Option("sg-threads", arg="N",
+               help=(f"SG_IO calls run at once (default {DEFAULT_SG_THREADS})",)),
+        Option("sg-per-device", arg="N",
+               help=(f"of which for one device at most (default {DEFAULT_SG_PER_DEVICE})",),
+               man="A LUN that stops answering holds no more than this many of them."),
+        Option("max-connections", arg="N",
+               help=(f"clients served at once (default {DEFAULT_MAX_CONNECTIONS})",),
+               man="Lowered to what RLIMIT_NOFILE allows. When all are taken, the oldest "
+                   "connection still in its handshake makes room; otherwise new clients "
+                   "wait in the listen backlog."),
+        Option("max-connections-per-peer", arg="N",
+               help=(f"of which from one client process (default {DEFAULT_MAX_PER_PEER})",),
+               man="A peer is a process, as SO_PEERCRED tells: one QEMU, one VM."),
+        Option("client-timeout", arg="SECONDS",
+               help=("to finish a message once started, and to read a",
+                     f"reply (default {DEFAULT_MESSAGE_DEADLINE:g})"),
+               man="A client that stalls within its handshake, a CDB or a parameter list, "
+                   "or does not read its reply, is disconnected. Idle time between "
+                   "requests is not limited."),
+        Option("print-seccomp", arg="broker|worker",
+               help=("print that process's compiled seccomp filter and exit",),
+               man="libseccomp's PFC text of the filter, with stand-ins for the values each "
+                   "process fills in at start-up."),
+    )),
+)
+OPTIONS = {option.key: option for group in OPTION_GROUPS for option in group.options}
+SHORT_WITH_ARG = {o.short for o in OPTIONS.values() if o.short and o.arg}
+SHORT_FLAGS = {o.short for o in OPTIONS.values() if o.short and not o.arg}
+#: The C helper's long options: name -> short letter (a unique prefix is accepted).
+C_LONG = {o.long: o.short for g in OPTION_GROUPS if not g.own for o in g.options}
 #: prguard's own long options (all take an argument); exact spelling only.
-OWN_LONG = {"sg-timeout", "sg-threads", "sg-per-device", "print-seccomp", "max-connections",
-            "max-connections-per-peer", "client-timeout"}
+OWN_LONG = {o.long for g in OPTION_GROUPS if g.own for o in g.options}
 
 
 class UsageError(Exception):
@@ -273,42 +372,38 @@ def parse(argv: list[str], warn: Callable[[str], None]) -> Options:
     return opts
 
 
-def usage(prog: str) -> str:
-    return f"""Usage: {prog} [OPTIONS] FILE
-Persistent Reservation helper program for QEMU
-
-  -h, --help                display this help and exit
-  -V, --version             output version information and exit
-
-  -d, --daemon              run in the background
-  -f, --pidfile=PATH        PID file when running as a daemon
-                            (default '{DEFAULT_PIDFILE}')
-  -k, --socket=PATH         path to the unix socket
-                            (default '{DEFAULT_SOCKET}')
-  -T, --trace [[enable=]<pattern>][,events=<file>][,file=<file>]
-                            specify tracing options
-  -u, --user=USER           user to drop privileges to
-  -g, --group=GROUP         group to drop privileges to
-  -v, --verbose             log more (repeat for more)
-  -q, --quiet               do not log per-connection errors
-
-prguard options (spelled in full):
-      --sg-timeout=SECONDS  SG_IO timeout (default {DEFAULT_SG_TIMEOUT:g})
-      --sg-threads=N        SG_IO calls run at once (default {DEFAULT_SG_THREADS})
-      --sg-per-device=N     of which for one device at most (default {DEFAULT_SG_PER_DEVICE})
-      --max-connections=N   clients served at once (default {DEFAULT_MAX_CONNECTIONS})
-      --max-connections-per-peer=N
-                            of which from one client process (default {DEFAULT_MAX_PER_PEER})
-      --client-timeout=SECONDS
-                            to finish a message once started, and to read a
-                            reply (default {DEFAULT_MESSAGE_DEADLINE:g})
-      --print-seccomp=broker|worker
-                            print that process's compiled seccomp filter and exit
-
-prguard is a privilege-separated drop-in replacement for qemu-pr-helper: an
+#: --help's option column: options longer than this put their text on the next line.
+HELP_COLUMN = 28
+DESCRIPTION = """prguard is a privilege-separated drop-in replacement for qemu-pr-helper: an
 unprivileged broker speaks the protocol and validates every request; only a worker
 holding CAP_SYS_RAWIO issues SG_IO.
 """
+
+
+def option_label(option: Option) -> str:
+    """`-k, --socket=PATH`, `--sg-timeout=SECONDS`: the option as --help names it."""
+    value = f"{option.separator}{option.arg}" if option.arg else ""
+    return (f"-{option.short}, " if option.short else "") + f"--{option.long}{value}"
+
+
+def _help_lines(group: OptionGroup) -> list[str]:
+    lines = [group.title] if group.title else []
+    for option in group.options:
+        label = ("      " if group.own else "  ") + option_label(option)
+        text = list(option.help)
+        if len(label) + 2 > HELP_COLUMN:
+            lines.append(label)
+        else:
+            lines.append(label.ljust(HELP_COLUMN) + text.pop(0))
+        lines += [" " * HELP_COLUMN + line for line in text]
+    return lines
+
+
+def usage(prog: str) -> str:
+    """--help: the C helper's text for its options, then prguard's own."""
+    blocks = [[f"Usage: {prog} [OPTIONS] FILE", "Persistent Reservation helper program for QEMU"],
+              *(_help_lines(group) for group in OPTION_GROUPS)]
+    return "\n\n".join("\n".join(block) for block in blocks) + "\n\n" + DESCRIPTION
 
 
 def version_text(prog: str, version: str) -> str:

@@ -1,0 +1,1 @@
+"""prguard(8) and prguard-client(1), generated from the option tables --help prints."""

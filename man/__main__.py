@@ -1,0 +1,27 @@
+"""`python -m man [--bindir=...] OUTDIR`: write prguard.8 and prguard-client.1 there."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+from man import client_page, prguard_page
+from man.layout import Layout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m man", description=__doc__)
+    parser.add_argument("outdir", type=Path)
+    for field in fields(Layout):
+        parser.add_argument(f"--{field.name}", default=field.default,
+                            help=f"as the pages name it (default {field.default})")
+    args = parser.parse_args()
+    layout = Layout(**{field.name: getattr(args, field.name) for field in fields(Layout)})
+    args.outdir.mkdir(parents=True, exist_ok=True)
+    (args.outdir / "prguard.8").write_text(prguard_page.render(layout))
+    (args.outdir / "prguard-client.1").write_text(client_page.render())
+
+
+if __name__ == "__main__":
+    main()
