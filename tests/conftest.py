@@ -76,6 +76,14 @@ def prguard(sockdir: Path) -> Iterator[Helper]:
 
 
 @pytest.fixture
+def prguard_debug(sockdir: Path) -> Iterator[Helper]:
+    """prguard at -vvv: its worker logs every SG_IO it issues (lab/sgio_log.py)."""
+    helper = start_helper(PRGUARD, str(sockdir / "prguard.sock"), "-vvv")
+    yield helper
+    helper.stop()
+
+
+@pytest.fixture
 def c_helper(sockdir: Path) -> Iterator[Helper]:
     helper = start_helper([C_HELPER], str(sockdir / "c.sock"))
     yield helper

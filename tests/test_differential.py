@@ -4,6 +4,10 @@ Each script runs against the C helper and against prguard, each with fresh fds o
 same kinds; the transcripts (every byte received, whether and where the connection was
 closed) must be equal. The deliberate deviations are in DEVIATIONS, each asserted to
 differ exactly as docs/COMPATIBILITY.md says.
+
+Equal bytes do not show that prguard forwarded a request: SG_IO on a loop device fails
+with EINVAL, answered 05/24/00 like a refusal. So prguard runs at -vvv and each script
+also states how many SG_IO calls its worker must log (SG_IO_CALLS, lab/sgio_log.py).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import pytest
 
 from lab.conversation import Pause, Recv, Send, Shutdown, Step, Transcript, run_script
 from lab.processes import C_HELPER, PRGUARD, Helper, start_helper
+from lab.sgio_log import SgIoLog
 from prguard.client.session import pr_in_cdb, pr_out_cdb
 from prguard.shared.scsi import Sense
 
@@ -95,6 +100,30 @@ for _kind in ("loop", "loop_ro", "file", "file_ro", "devnull", "dir", "pipe_r", 
     SCRIPTS[f"PR IN on {_kind}"] = [*HELLO, *request(pr_in_cdb(), _kind)]
     SCRIPTS[f"PR OUT on {_kind}"] = [*HELLO, *request(pr_out_cdb(0, 24), _kind, bytes(24))]
 
+#: SG_IO calls prguard's worker makes for each script (none for the others): a PR IN/OUT
+#: with a defined service action (SPC-4: PR IN 0-3, PR OUT 0-8), framed as the C helper
+#: frames it, on a writable whole block device (PR IN also on a read-only one).
+SG_IO_CALLS: dict[str, int] = {
+    "fd on a later chunk": 1,
+    "CDB one byte at a time": 1,
+    "fd with the parameter list is dropped": 1,
+    "reserved and control bytes set": 1,
+    "two requests pipelined": 2,
+    "PR OUT length 0": 1,
+    "PR OUT 8192 bytes": 1,
+    "many requests on one connection": 3,  # loop: OUT and IN; loop_ro: IN
+    "PR IN on loop": 1,
+    "PR IN on loop_ro": 1,
+    "PR OUT on loop": 1,
+}
+for _alloc in (0, 1, 7, 8, 24, 8192):
+    SG_IO_CALLS[f"PR IN READ KEYS allocation {_alloc}"] = 1
+for _sa in range(0x04):
+    SG_IO_CALLS[f"PR IN service action {_sa:#04x}"] = 1
+for _sa in range(0x09):
+    SG_IO_CALLS[f"PR OUT service action {_sa:#04x}"] = 1
+assert set(SG_IO_CALLS) <= set(SCRIPTS)
+
 #: Scripts where prguard differs on purpose (docs/COMPATIBILITY.md): the C helper's
 #: reply bytes, then prguard's.
 IO_ERROR_REPLY = b"\0\0\0\x02\0\0\0\0" + Sense.IO_ERROR.fixed_format()
@@ -110,7 +139,7 @@ def helpers() -> Iterator[tuple[Helper, Helper]]:
     import tempfile
     directory = Path(tempfile.mkdtemp(prefix="pgd", dir="/tmp"))
     c = start_helper([C_HELPER], str(directory / "c.sock"))
-    ours = start_helper(PRGUARD, str(directory / "p.sock"))
+    ours = start_helper(PRGUARD, str(directory / "p.sock"), "-vvv")
     yield c, ours
     assert ours.stop() == 0
     c.stop()
@@ -154,9 +183,14 @@ def zoo_factory(loop_disk: str, partitioned: tuple[str, str], workdir: Path) -> 
 
 @pytest.mark.parametrize("name", list(SCRIPTS))
 def test_same_bytes_and_same_close(helpers: tuple[Helper, Helper], zoo_factory: object,
-                                   name: str) -> None:
+                                   loop_disk: str, name: str) -> None:
+    log = SgIoLog(helpers[1])
+    log.new_calls()  # earlier scripts' calls
     c, ours = both(helpers, SCRIPTS[name], zoo_factory)
     assert ours == without_stack_garbage(c)
+    calls = log.new_calls()
+    assert len(calls) == SG_IO_CALLS.get(name, 0), calls
+    assert {call.rdev for call in calls} <= {os.stat(loop_disk).st_rdev}
 
 
 INVALID_OPCODE_HEAD = b"\0\0\0\x02\0\0\0\0" + Sense.INVALID_OPCODE.fixed_format()[:18]
@@ -187,8 +221,11 @@ def test_generated_sense_never_carries_stack_bytes(prguard: Helper,
 
 def test_partition_fds_are_refused_where_the_c_helper_passes_them_on(
         helpers: tuple[Helper, Helper], zoo_factory: object) -> None:
+    log = SgIoLog(helpers[1])
+    log.new_calls()
     for name, steps in DEVIATIONS.items():
         c, ours = both(helpers, steps, zoo_factory)
         assert c.received[-1] == INVALID_FIELD_REPLY, name  # SG_IO reached the loop driver
         assert ours.received[-1] == IO_ERROR_REPLY, name  # refused before any ioctl
         assert c.closed == ours.closed is False
+    assert log.new_calls() == []

@@ -3,10 +3,23 @@
 Pure decisions over the datagram and fd facts; the SG_IO itself is injected so the
 receiving thread runs it through the per-device gate and tests can see every refusal
 without a device.
+
+At -vvv the worker logs every SG_IO it issued, one line each, after the call:
+
+    worker: request 7: SG_IO on 7:0 cdb 5e00...00 -> errno EINVAL host 0x00 driver 0x00
+    status 0x00 resid 0; reply status 0x02 sense 05/24/00, 0 bytes
+
+(on one line). It names the device (major:minor), the CDB, what the kernel answered and
+what the broker is sent. Operators see what reached the device; the tests use it to
+tell a request that reached SG_IO from a refusal with the same answer (SG_IO on a loop
+device fails with EINVAL, which maps to 05/24/00 like a refusal). Keep its format.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +29,8 @@ from prguard.shared.rules import FdFacts, check_framing, check_request
 from prguard.shared.scsi import Opcode, Sense, Status, transfer_length
 from prguard.worker.outcome import map_outcome
 from prguard.worker.sgio import SgIoOutcome
+
+log = logging.getLogger("prguard.worker")
 
 
 @dataclass(frozen=True)
@@ -56,4 +71,12 @@ def run(job: Job, sg_io: Callable[[int, bytes, bytes], SgIoOutcome]) -> SgIoResu
     cdb = job.request.cdb
     outcome = sg_io(job.fd, cdb, job.request.data)
     reply = map_outcome(outcome, transfer_length(cdb), cdb[0] == Opcode.PERSISTENT_RESERVE_IN)
+    if log.isEnabledFor(logging.DEBUG):  # the request path: format only if shown
+        log.debug("worker: request %d: SG_IO on %d:%d cdb %s -> errno %s host %#04x "
+                  "driver %#04x status %#04x resid %d; reply status %#04x sense %s, %d bytes",
+                  job.request.id, os.major(job.rdev), os.minor(job.rdev), cdb.hex(),
+                  errno.errorcode.get(outcome.errno, str(outcome.errno)), outcome.host_status,
+                  outcome.driver_status, outcome.status, outcome.resid, reply.status,
+                  f"{reply.sense[2] & 0xF:02x}/{reply.sense[12]:02x}/{reply.sense[13]:02x}"
+                  if reply.status == Status.CHECK_CONDITION else "-", len(reply.data))
     return SgIoResult(job.request.id, reply.status, reply.sense, reply.data)
