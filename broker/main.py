@@ -17,8 +17,15 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field, replace
+from typing import TextIO
 
-from prguard.broker.limits import Limits
+from prguard.broker.limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_PEER,
+    DEFAULT_MESSAGE_DEADLINE,
+    WORKER_GRACE,
+    Limits,
+)
 from prguard.broker.notify import Notifier
 from prguard.broker.server import Broker, warm_up
 from prguard.broker.trace import Tracer
@@ -26,6 +33,12 @@ from prguard.broker.worker_client import WorkerClient, await_ready
 from prguard.shared import fdcheck, privileges, sandbox
 from prguard.shared.privileges import Identity
 from prguard.shared.seccomp_policy import Rule, SeccompPolicy
+from prguard.shared.socket_file import SocketFile
+
+#: All the launcher uses of the broker: run() with its configuration, and the limits'
+#: defaults its options show.
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PER_PEER", "DEFAULT_MESSAGE_DEADLINE",
+           "WORKER_GRACE", "BrokerConfig", "Limits", "run"]
 
 log = logging.getLogger("prguard.broker")
 
@@ -34,23 +47,14 @@ WORKER_START_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
-class CreatedSocket:
-    """A socket the launcher created: removed at exit through its directory's fd, so the
-    confined broker needs no path lookup (unlinkat on that fd only)."""
-
-    path: str
-    dir_fd: int
-    name: str
-    #: (st_dev, st_ino) of the socket as created: another instance may have replaced it
-    identity: tuple[int, int]
-
-
-@dataclass(frozen=True)
 class BrokerConfig:
     identity: Identity | None
-    created: CreatedSocket | None
-    tracer: Tracer
+    #: the socket file to remove at exit; None when the socket came by activation
+    socket_file: SocketFile | None
     worker_pid: int
+    #: the -T events to write, and where (None: nowhere)
+    trace_events: frozenset[str] = frozenset()
+    trace_sink: TextIO | None = None
     limits: Limits = field(default_factory=Limits)
     #: tests only: a forbidden syscall to attempt once confined (docs/SECURITY.md)
     seccomp_probe: str | None = None
@@ -58,7 +62,7 @@ class BrokerConfig:
 
 def run(listener: socket.socket, channel: socket.socket, config: BrokerConfig) -> int:
     if await_ready(channel, WORKER_START_TIMEOUT) is None:
-        _unlink(config.created)
+        _remove_socket_file(config)
         how = _reap(config.worker_pid)
         if not how.startswith("exit status"):  # an exit status means it said why itself
             log.error("the worker failed to start (%s); exiting", how)
@@ -73,19 +77,20 @@ def run(listener: socket.socket, channel: socket.socket, config: BrokerConfig) -
     except (OSError, privileges.PrivilegeError, sandbox.SandboxError) as exc:
         log.error("%s", exc)
         channel.close()
-        _unlink(config.created)
+        _remove_socket_file(config)
         _reap(config.worker_pid)
         return 1
-    return asyncio.run(_serve(listener, channel, config, sysfs_block, seccomp_policy, probe,
-                              notifier))
+    tracer = Tracer(config.trace_events, config.trace_sink)
+    return asyncio.run(_serve(listener, channel, config, tracer, sysfs_block, seccomp_policy,
+                              probe, notifier))
 
 
-def _variables(config: BrokerConfig, sysfs_block: int) -> sandbox.Variables:
+def _variables(config: BrokerConfig, tracer: Tracer, sysfs_block: int) -> sandbox.Variables:
     return {
         "SYSFS_BLOCK_FD": sysfs_block,
-        "SOCKET_DIR_FD": config.created.dir_fd if config.created else None,
+        "SOCKET_DIR_FD": config.socket_file.dir_fd if config.socket_file else None,
         "WORKER_PID": config.worker_pid,
-        "TRACE_FD": config.tracer.fileno(),
+        "TRACE_FD": tracer.fileno(),
         "WAKEUP_FD": _wakeup_fd(),
     }
 
@@ -99,13 +104,13 @@ def _wakeup_fd() -> int | None:
 
 
 async def _serve(listener: socket.socket, channel: socket.socket, config: BrokerConfig,
-                 sysfs_block: int, seccomp_policy: SeccompPolicy, probe: Rule | None,
-                 notifier: Notifier) -> int:
+                 tracer: Tracer, sysfs_block: int, seccomp_policy: SeccompPolicy,
+                 probe: Rule | None, notifier: Notifier) -> int:
     loop = asyncio.get_running_loop()
     worker = WorkerClient(channel)
     worker.start()
     assert worker.lost is not None
-    broker = Broker(worker, sysfs_block, config.tracer, fit_to_fd_limit(config.limits))
+    broker = Broker(worker, sysfs_block, tracer, fit_to_fd_limit(config.limits))
     broker.listen(listener)
     stop: asyncio.Future[int] = loop.create_future()
 
@@ -118,12 +123,12 @@ async def _serve(listener: socket.socket, channel: socket.socket, config: Broker
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         warm_up(sysfs_block)
-        sandbox.lock_down(seccomp_policy, _variables(config, sysfs_block))
+        sandbox.lock_down(seccomp_policy, _variables(config, tracer, sysfs_block))
     except sandbox.SandboxError as exc:
         log.error("%s", exc)
         notifier.close()
         broker.stop_accepting()
-        _unlink(config.created)
+        _remove_socket_file(config)
         worker.close()
         _reap(config.worker_pid)
         return 1
@@ -141,13 +146,13 @@ async def _serve(listener: socket.socket, channel: socket.socket, config: Broker
     code = 0
     if worker.lost.done():
         how = _reap(config.worker_pid)
-        config.tracer.emit("prguard_worker_lost", reason=repr(worker.lost.result()), how=how)
+        tracer.emit("prguard_worker_lost", reason=repr(worker.lost.result()), how=how)
         log.error("%s (%s); exiting", worker.lost.result(), how)
         code = 1
     else:
         log.info("signal %d: finishing requests in flight, then exiting", stop.result())
     broker.stop_accepting()
-    _unlink(config.created)
+    _remove_socket_file(config)
     await broker.drain()
     await broker.cancel_clients()
     worker.close()
@@ -176,21 +181,9 @@ def fit_to_fd_limit(limits: Limits) -> Limits:
                    max_per_peer=min(limits.max_per_peer, budget))
 
 
-def _unlink(created: CreatedSocket | None) -> None:
-    """Remove our socket, unless another instance has since taken the path over (the C
-    helper removes whatever is there, cutting the newer instance off)."""
-    if created is None:
-        return
-    try:
-        st = os.stat(created.name, dir_fd=created.dir_fd, follow_symlinks=False)
-        if (st.st_dev, st.st_ino) != created.identity:
-            log.info("%s now belongs to another instance: left in place", created.path)
-            return
-        os.unlink(created.name, dir_fd=created.dir_fd)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("Failed to unlink socket %s: %s", created.path, exc.strerror)
+def _remove_socket_file(config: BrokerConfig) -> None:
+    if config.socket_file is not None:
+        config.socket_file.remove()
 
 
 def _reap(worker_pid: int) -> str:

@@ -14,13 +14,13 @@ import pwd
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from prguard.broker.limits import (
+from prguard.broker.main import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PER_PEER,
     DEFAULT_MESSAGE_DEADLINE,
     WORKER_GRACE,
 )
-from prguard.broker.trace import TraceOptionError, TraceSpec
+from prguard.trace_option import TraceOptionError, TraceSpec
 
 DEFAULT_SOCKET = "/var/run/qemu-pr-helper.sock"
 DEFAULT_PIDFILE = "/var/run/qemu-pr-helper.pid"

@@ -1,24 +1,17 @@
-"""The listening socket: inherited through socket activation, or created at -k's path.
-
-A created socket is bound under a temporary name in the same directory, put in the
-listening state, and only then renamed to its path: libvirt decides the helper is ready
-when the path exists, so the path must never exist before connect() can succeed. rename
-also replaces a stale node at the path atomically, where the C helper unlinks and then
-binds. Binding happens relative to the directory, so a path of exactly 108 bytes (a
-full sun_path without NUL, which the C helper accepts) works too.
+"""The listening socket: inherited through socket activation, or created at -k's path
+(shared/socket_file.py makes the file, and removes it at exit).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import socket
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-from prguard.broker.main import CreatedSocket
+from prguard.shared import socket_file
+from prguard.shared.socket_file import SocketFile
 
 #: sizeof(sun_path): the C helper refuses longer paths.
 SUN_PATH_SIZE = 108
@@ -35,8 +28,8 @@ class ListenError(Exception):
 @dataclass(frozen=True)
 class Listener:
     sock: socket.socket
-    #: What this process created and must remove at exit; None when activated.
-    created: CreatedSocket | None
+    #: What this instance created and must remove at exit; None when activated.
+    socket_file: SocketFile | None
 
 
 def activation_fd_count(environ: dict[str, str], pid: int) -> int:
@@ -76,22 +69,6 @@ def from_activation(count: int, socket_given: bool, prog: str) -> Listener:
     return Listener(sock, None)
 
 
-@contextlib.contextmanager
-def _in_directory(directory: str) -> Iterator[int]:
-    """chdir into `directory` for the duration (the process is still single-threaded)."""
-    here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.chdir(directory)
-        dirfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            yield dirfd
-        finally:
-            os.close(dirfd)
-    finally:
-        os.fchdir(here)
-        os.close(here)
-
-
 def create(path: str) -> Listener:
     if len(path.encode()) > SUN_PATH_SIZE:
         raise ListenError(f"UNIX socket path '{path}' is too long\n"
@@ -99,22 +76,8 @@ def create(path: str) -> Listener:
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISDIR(os.lstat(path).st_mode):
             raise ListenError(f"Failed to unlink socket {path}: Is a directory")
-    directory, name = os.path.split(path)
-    temporary = f".prguard-{secrets.token_hex(4)}"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        with _in_directory(directory or "/") as dirfd:
-            sock.bind(temporary)
-            try:
-                sock.listen(BACKLOG)
-                os.rename(temporary, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
-            except OSError:
-                os.unlink(temporary, dir_fd=dirfd)
-                raise
-            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-            kept_dir_fd = os.dup(dirfd)
+        sock, created = socket_file.create(path, BACKLOG)
     except OSError as exc:
-        sock.close()
         raise ListenError(f"Failed to bind socket to {path}: {exc.strerror}") from None
-    os.set_inheritable(kept_dir_fd, False)
-    return Listener(sock, CreatedSocket(path, kept_dir_fd, name, (st.st_dev, st.st_ino)))
+    return Listener(sock, created)

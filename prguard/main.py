@@ -13,10 +13,8 @@ import socket
 import sys
 from typing import TextIO
 
-from prguard import __version__, cli, daemon, listen, logs
+from prguard import __version__, cli, daemon, listen, logs, trace_option
 from prguard.broker import main as broker_main
-from prguard.broker import trace
-from prguard.broker.limits import WORKER_GRACE, Limits
 from prguard.shared import sandbox
 from prguard.shared.privileges import Identity
 from prguard.worker import main as worker_main
@@ -29,18 +27,16 @@ def _identity(opts: cli.Options) -> Identity | None:
                     gid=os.getgid() if opts.gid is None else opts.gid)
 
 
-def _tracer(spec: trace.TraceSpec) -> trace.Tracer:
+def _trace_sink(spec: trace_option.TraceSpec) -> TextIO | None:
     """Open the -T file= sink (start-up step 2); UsageError if it cannot be opened."""
     if not spec.enabled and spec.output is None:
-        return trace.Tracer.disabled()
-    sink: TextIO = sys.stderr
-    if spec.output is not None:
-        try:
-            sink = open(spec.output, "a", encoding="utf-8")  # noqa: SIM115 (process lifetime)
-        except OSError as exc:
-            raise cli.UsageError(f"Error opening logfile {spec.output}: {exc.strerror}"
-                                 ) from None
-    return trace.Tracer(frozenset(spec.enabled), sink)
+        return None
+    if spec.output is None:
+        return sys.stderr
+    try:
+        return open(spec.output, "a", encoding="utf-8")  # open for the process lifetime
+    except OSError as exc:
+        raise cli.UsageError(f"Error opening logfile {spec.output}: {exc.strerror}") from None
 
 
 def _report(prog: str, exc: cli.UsageError) -> None:
@@ -81,14 +77,14 @@ def main(argv: list[str] | None = None) -> int:
             logs.out(cli.version_text(prog, __version__))
             return 0
         if opts.trace.want_help:
-            logs.out(trace.help_text())
+            logs.out(trace_option.help_text())
             return 0
         if opts.print_seccomp:
             logs.out("".join(f"# ${k} = {v} in this listing\n"
                              for k, v in PRINT_VARIABLES.items()))
             sandbox.export_pfc(opts.print_seccomp, PRINT_VARIABLES, sys.stdout)
             return 0
-        tracer = _tracer(opts.trace)
+        trace_sink = _trace_sink(opts.trace)
     except cli.UsageError as exc:
         _report(prog, exc)
         return 1
@@ -112,13 +108,13 @@ def main(argv: list[str] | None = None) -> int:
             pidfile_fd = daemon.write_pidfile(opts.pidfile)
         except daemon.PidfileError as exc:
             logs.line(f"{name}: {exc}")
-            if listener.created is not None:  # unlike the C helper, leave nothing
-                os.unlink(listener.created.name, dir_fd=listener.created.dir_fd)
+            if listener.socket_file is not None:  # unlike the C helper, leave nothing
+                listener.socket_file.remove()
             return 1
-    return _fork_pair(opts, listener, tracer, pidfile_fd)
+    return _fork_pair(opts, listener, trace_sink, pidfile_fd)
 
 
-def _fork_pair(opts: cli.Options, listener: listen.Listener, tracer: trace.Tracer,
+def _fork_pair(opts: cli.Options, listener: listen.Listener, trace_sink: TextIO | None,
                pidfile_fd: int | None) -> int:
     identity = _identity(opts)
     probe = os.environ.pop(PROBE_VARIABLE, "")
@@ -141,11 +137,12 @@ def _fork_pair(opts: cli.Options, listener: listen.Listener, tracer: trace.Trace
     worker_end.close()
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     return broker_main.run(listener.sock, broker_end, broker_main.BrokerConfig(
-        identity=identity, created=listener.created, tracer=tracer, worker_pid=pid,
-        limits=Limits(max_connections=opts.max_connections, max_per_peer=opts.max_per_peer,
-                      message_deadline=opts.client_timeout,
-                      reply_deadline=opts.client_timeout,
-                      worker_deadline=opts.sg_timeout + WORKER_GRACE),
+        identity=identity, socket_file=listener.socket_file, worker_pid=pid,
+        trace_events=frozenset(opts.trace.enabled), trace_sink=trace_sink,
+        limits=broker_main.Limits(
+            max_connections=opts.max_connections, max_per_peer=opts.max_per_peer,
+            message_deadline=opts.client_timeout, reply_deadline=opts.client_timeout,
+            worker_deadline=opts.sg_timeout + broker_main.WORKER_GRACE),
         seccomp_probe=probe_call if probe_role == "broker" else None,
     ))
 

@@ -30,6 +30,9 @@ from prguard.worker import handler, sgio
 from prguard.worker.device_gate import DeviceGate
 from prguard.worker.outcome import map_outcome
 
+#: All the launcher uses of the worker.
+__all__ = ["WorkerConfig", "serve"]
+
 log = logging.getLogger("prguard.worker")
 
 KEEP_CAPS = ("sys_rawio",)

@@ -1,0 +1,88 @@
+"""The socket file at -k's path: the launcher creates it, the broker removes it at exit.
+
+Created under a temporary name in the same directory, put in the listening state, and
+only then renamed to its path: libvirt decides the helper is ready when the path exists,
+so the path must never exist before connect() can succeed. rename also replaces a stale
+node at the path atomically, where the C helper unlinks and then binds. Binding happens
+relative to the directory, so a path of exactly 108 bytes (a full sun_path without NUL,
+which the C helper accepts) works too.
+
+Removed through the directory's fd, so the confined broker needs no path lookup
+(unlinkat on that fd only), and only if it is still the file this instance created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+log = logging.getLogger("prguard.broker")
+
+
+@dataclass(frozen=True)
+class SocketFile:
+    """A socket file this instance created, and must remove at exit."""
+
+    path: str
+    dir_fd: int
+    name: str
+    #: (st_dev, st_ino) of the socket as created: another instance may have replaced it
+    identity: tuple[int, int]
+
+    def remove(self) -> None:
+        """Remove the socket file, unless another instance has since taken the path over
+        (the C helper removes whatever is there, cutting the newer instance off)."""
+        try:
+            st = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) != self.identity:
+                log.info("%s now belongs to another instance: left in place", self.path)
+                return
+            os.unlink(self.name, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("Failed to unlink socket %s: %s", self.path, exc.strerror)
+
+
+@contextlib.contextmanager
+def _in_directory(directory: str) -> Iterator[int]:
+    """chdir into `directory` for the duration (the process is still single-threaded)."""
+    here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(directory)
+        dirfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            yield dirfd
+        finally:
+            os.close(dirfd)
+    finally:
+        os.fchdir(here)
+        os.close(here)
+
+
+def create(path: str, backlog: int) -> tuple[socket.socket, SocketFile]:
+    """A listening unix stream socket at `path`; OSError if it cannot be made."""
+    directory, name = os.path.split(path)
+    temporary = f".prguard-{secrets.token_hex(4)}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        with _in_directory(directory or "/") as dirfd:
+            sock.bind(temporary)
+            try:
+                sock.listen(backlog)
+                os.rename(temporary, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+            except OSError:
+                os.unlink(temporary, dir_fd=dirfd)
+                raise
+            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            kept_dir_fd = os.dup(dirfd)
+    except OSError:
+        sock.close()
+        raise
+    os.set_inheritable(kept_dir_fd, False)
+    return sock, SocketFile(path, kept_dir_fd, name, (st.st_dev, st.st_ino))
