@@ -1,4 +1,5 @@
-"""Conventions that keep the privilege split honest, checked over the source tree."""
+"""Conventions that keep the privilege split honest and the layout as docs/ARCHITECTURE.md
+describes it, checked over the source tree."""
 
 from __future__ import annotations
 
@@ -12,10 +13,28 @@ from lab.processes import REPO
 PACKAGES = ("shared", "broker", "worker", "prguard", "client", "seccomp")
 
 
+#: Top-level directories that are not installed: the lab (VM harness, helper processes,
+#: scripted and hostile clients), and what uses it.
+TOOLS = ("lab", "bench", "demo", "fuzz", "man", "tests")
+
+
 def files(package: str) -> list[Path]:
     if package == "prguard":
         return sorted((REPO / package).glob("*.py"))
     return sorted((REPO / package).rglob("*.py"))
+
+
+def imported(path: Path) -> set[str]:
+    """Dotted names a module imports; `from a.b import c` gives both a.b and a.b.c (c may
+    be a module or a name in a.b)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
 
 
 def _top(module: str) -> str:
@@ -50,13 +69,74 @@ def test_packages_import_each_other_only_through_the_prguard_namespace() -> None
 
 
 def test_shared_imports_neither_side() -> None:
-    assert not imports("shared") & {"broker", "worker", "prguard"}
+    assert not imports("shared") & {"broker", "worker", "prguard", "client"}
 
 
 def test_broker_and_worker_never_import_each_other() -> None:
     assert "worker" not in imports("broker")
     assert "broker" not in imports("worker")
-    assert "prguard" not in imports("broker") | imports("worker")
+    assert not (imports("broker") | imports("worker")) & {"prguard", "client"}
+
+
+def test_the_operator_client_uses_only_shared() -> None:
+    assert not imports("client") & {"broker", "worker", "prguard"}
+
+
+def _entry_point_names(module: str) -> set[str]:
+    import importlib
+    names: list[str] = importlib.import_module(module).__all__
+    return set(names)
+
+
+def test_the_launcher_uses_only_the_entry_points_of_broker_and_worker() -> None:
+    """prguard/*.py configures and starts each process through its main module, and
+    uses only what that module names in __all__."""
+    entry = {"prguard.broker": "prguard.broker.main", "prguard.worker": "prguard.worker.main"}
+    for path in files("prguard"):
+        tree = ast.parse(path.read_text())
+        aliases: dict[str, str] = {}  # local name -> entry-point module
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    side = ".".join(alias.name.split(".")[:2])
+                    assert side not in entry, f"{path.name}: import {alias.name}"
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                side = ".".join(node.module.split(".")[:2])
+                if side not in entry:
+                    continue
+                for alias in node.names:
+                    if node.module == side:  # from prguard.broker import main
+                        assert f"{side}.{alias.name}" == entry[side], (
+                            f"{path.name}: from {side} import {alias.name}")
+                        aliases[alias.asname or alias.name] = entry[side]
+                    else:  # from prguard.broker.main import NAME
+                        assert node.module == entry[side], f"{path.name}: {node.module}"
+                        assert alias.name in _entry_point_names(node.module), (
+                            f"{path.name}: {alias.name} is not in {node.module}.__all__")
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases):
+                assert node.attr in _entry_point_names(aliases[node.value.id]), (
+                    f"{path.name}: {node.value.id}.{node.attr} is not in its __all__")
+
+
+def test_nothing_outside_tests_imports_tests() -> None:
+    for package in (*PACKAGES, *TOOLS):
+        if package == "tests":
+            continue
+        for path in files(package):
+            assert not {n for n in imported(path) if n.split(".")[0] == "tests"}, path
+
+
+def test_the_lab_imports_none_of_its_users() -> None:
+    for path in files("lab"):
+        assert not {n.split(".")[0] for n in imported(path)} & {"bench", "demo", "tests"}, path
+
+
+def test_the_tests_folder_holds_only_tests() -> None:
+    """Helpers that tests, bench and demo share are in lab/."""
+    for path in files("tests"):
+        assert path.name in ("__init__.py", "conftest.py") or path.name.startswith("test_"), path
 
 
 def sources() -> list[Path]:
