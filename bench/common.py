@@ -6,25 +6,24 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.processes import children, stop_process
+from lab import processes
+from lab.processes import stop_process
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = processes.REPO
 BENCH = REPO / "bench"
 BUILD = BENCH / "build"
 LOADGEN_SRC = BENCH / "loadgen.c"
 LOADGEN = BUILD / "loadgen"
 RESULTS = BENCH / "results"
-C_HELPER = "/usr/bin/qemu-pr-helper"
+C_HELPER = processes.C_HELPER
 # the console script next to this interpreter (as `make` installs it), else -m prguard
 _SCRIPT = Path(sys.executable).parent / "prguard"
 PRGUARD: list[str] = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "prguard"]
@@ -64,15 +63,25 @@ def run_loadgen(mode: str, device: str, sock: str | None = None, *, op: str = "r
 
 @dataclass
 class Helper:
-    """A helper started by the benchmark on its own socket (stderr to a file)."""
+    """A helper started by the benchmark (the lab's process), under its name in the
+    results."""
 
     name: str
-    path: str
-    proc: subprocess.Popen[bytes]
+    process: processes.Helper
+
+    @property
+    def path(self) -> str:
+        return self.process.path
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.process.proc
 
     def pids(self) -> list[int]:
-        """The helper's processes: for prguard the broker and its worker."""
-        return [self.proc.pid, *children(self.proc.pid)]
+        return self.process.pids()
+
+    def cpu_seconds(self) -> float:
+        return self.process.cpu_seconds()
 
     def memory_kib(self) -> dict[str, int]:
         """VmRSS and Pss summed over the processes (Pss counts pages the forked pair
@@ -85,16 +94,6 @@ class Helper:
             pss += int(proc_fields(f"/proc/{pid}/smaps_rollup")["Pss"].split()[0])
         return {"rss_kib": rss, "pss_kib": pss, "threads": threads,
                 "processes": len(self.pids())}
-
-    def cpu_s(self) -> float:
-        """User + system CPU seconds of the helper's processes so far."""
-        tick = os.sysconf("SC_CLK_TCK")
-        total = 0
-        for pid in self.pids():
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        return total / tick
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -111,35 +110,7 @@ def proc_fields(path: str) -> dict[str, str]:
 def start_helper(name: str, path: str, extra: Sequence[str] = ()) -> Helper:
     if os.path.exists(path):
         os.unlink(path)
-    with open(path + ".stderr", "wb") as err:
-        proc = subprocess.Popen([*HELPERS[name], "-k", path, *extra], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
-    helper = Helper(name, path, proc)
-    try:
-        wait_until_serving(path, proc, 20.0)
-    except BaseException:
-        helper.stop()
-        raise
-    return helper
-
-
-def wait_until_serving(path: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    """Until a connection gets the 4-byte handshake."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(timeout)
-                sock.connect(path)
-                if len(sock.recv(4, socket.MSG_WAITALL)) == 4:
-                    return
-        except (FileNotFoundError, ConnectionRefusedError):
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited {proc.returncode} before serving")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path}: no handshake within {timeout} s")
-        time.sleep(0.002)
+    return Helper(name, processes.start_helper(HELPERS[name], path, *extra, timeout=20.0))
 
 
 # -- statistics -------------------------------------------------------------------------

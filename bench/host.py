@@ -3,7 +3,6 @@ so what is measured is the helper itself), latency under attack, memory and star
 
 from __future__ import annotations
 
-import array
 import multiprocessing
 import multiprocessing.synchronize
 import os
@@ -14,8 +13,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +25,13 @@ from bench.common import (
     start_helper,
     summarize,
 )
+from prguard.client.session import send_with_fds
 
 CONCURRENCY = (1, 8, 64)
 #: the loop driver's EINVAL comes back as CHECK CONDITION from both helpers
 CHECK_CONDITION = 2
 READ_KEYS_CDB = bytes([0x5E, 0, 0, 0, 0, 0, 0]) + (8192).to_bytes(2, "big") + bytes(7)
 Log = Callable[[str], None]
-
-
-@contextmanager
-def loop_device() -> Iterator[str]:
-    with tempfile.NamedTemporaryFile(prefix="prguard-bench-", suffix=".img") as image:
-        image.truncate(16 << 20)
-        image.flush()
-        dev = subprocess.run(["losetup", "-f", "--show", image.name], check=True,
-                             capture_output=True, text=True).stdout.strip()
-        try:
-            yield dev
-        finally:
-            subprocess.run(["losetup", "-d", dev], check=False)
 
 
 def sockdir() -> Path:
@@ -119,19 +105,15 @@ def _connect(path: str, timeout: float = 10.0) -> socket.socket:
     return sock
 
 
-def _send_fd(sock: socket.socket, data: bytes, fd: int) -> None:
-    sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
-
-
 def _stall(path: str, fd: int, index: int) -> socket.socket:
     """A connection left mid-request: half a CDB (with its fd), or a whole PR OUT CDB and
     part of its parameter list."""
     sock = _connect(path)
     if index % 2:
-        _send_fd(sock, READ_KEYS_CDB[:8], fd)
+        send_with_fds(sock, READ_KEYS_CDB[:8], [fd])
     else:
         cdb = bytes([0x5F, 0, 0, 0, 0, 0, 0]) + (24).to_bytes(2, "big") + bytes(7)
-        _send_fd(sock, cdb, fd)
+        send_with_fds(sock, cdb, [fd])
         sock.sendall(bytes(10))
     return sock
 
@@ -195,7 +177,7 @@ def _deaf_attacker(path: str, device: str, ready: Any,
         try:
             while not stop.is_set():
                 try:
-                    _send_fd(sock, READ_KEYS_CDB, fd)
+                    send_with_fds(sock, READ_KEYS_CDB, [fd])
                     sent += 1
                 except TimeoutError:
                     continue  # its buffers are full: keep pushing
@@ -241,10 +223,10 @@ def attack(device: str, duration: float, warmup: float, log: Log) -> dict[str, A
                     break
                 established[kind] = established.get(kind, 0) + n
             time.sleep(1.0)  # let the non-reading client fill its buffers
-            cpu0 = helper.cpu_s()
+            cpu0 = helper.cpu_seconds()
             loaded = run_loadgen("helper", device, helper.path, duration=duration,
                                  warmup=warmup, expect=CHECK_CONDITION, timeout=5.0)
-            cpu = helper.cpu_s() - cpu0
+            cpu = helper.cpu_seconds() - cpu0
             memory = helper.memory_kib()
             stop.set()
             for proc in procs:
@@ -313,7 +295,7 @@ def _time_to_ready(name: str, path: str, device: str) -> float:
                     raise RuntimeError(f"{name} did not start") from None
                 time.sleep(0.0005)
         with sock:
-            _send_fd(sock, READ_KEYS_CDB, fd)
+            send_with_fds(sock, READ_KEYS_CDB, [fd])
             if len(sock.recv(104, socket.MSG_WAITALL)) != 104:
                 raise RuntimeError(f"{name}: no reply")
             elapsed = time.monotonic() - t0

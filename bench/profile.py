@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS, Helper, build_loadgen, run_loadgen, start_helper
-from bench.host import loop_device
+from lab.loopdev import loop_device
+from lab.processes import cpu_seconds
 
 COUNTED = 20_000
 CLIENTS = 8
@@ -33,20 +34,14 @@ CLIENTS = 8
 def cpu_per_request(helper: Helper, device: str) -> list[str]:
     lines = []
     pids = helper.pids()
-    before = {pid: _cpu(pid) for pid in pids}
+    before = {pid: cpu_seconds([pid]) for pid in pids}
     got = run_loadgen("helper", device, helper.path, clients=CLIENTS, count=COUNTED)
     for index, pid in enumerate(pids):
-        used = _cpu(pid) - before[pid]
+        used = cpu_seconds([pid]) - before[pid]
         role = ("broker" if index == 0 else "worker") if helper.name == "prguard" else "helper"
         lines.append(f"  {role:7} pid {pid}: {1e6 * used / got['requests']:.1f} µs CPU per "
                      f"request ({got['requests']} requests, {got['rps']:.0f} req/s)")
     return lines
-
-
-def _cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100.0
 
 
 def strace_counts(helper: Helper, device: str, workdir: Path) -> list[str]:

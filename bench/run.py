@@ -17,6 +17,7 @@ from typing import Any
 from bench import host, report
 from bench.common import BENCH, REPO, RESULTS, build_loadgen, machine
 from lab import labvm
+from lab.loopdev import loop_device
 
 PARTS = ("protocol", "lab", "attack", "memory", "startup")
 README = BENCH / "README.md"
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                               "machine": machine(), "parts": parts,
                               "settings": {"rounds": args.rounds, "duration_s": args.duration,
                                            "warmup_s": args.warmup}}
-    with host.loop_device() as device:
+    with loop_device() as device:
         if "protocol" in parts:
             log("1. protocol path (loop device)")
             result["protocol"] = host.protocol(device, args.rounds, args.duration,

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.guest_suite import LIO_SETUP, dd_write, quiesce_udev
-from lab.processes import stop_process, wait_for_path, wait_for_service
+from lab.processes import children, proc_status, stop_process, wait_for_path, wait_for_service
 from prguard.client import cli as client_cli
 
 BIN = Path(sys.executable).parent  # the venv's: prguard and prguard-client are next to it
@@ -153,24 +153,8 @@ class Prguard:
         return stop_process(self.proc)
 
 
-def _status(pid: int) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        fields[name] = value.strip()
-    return fields
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except FileNotFoundError:
-        return []
-    return [int(p) for p in text.split()]
-
-
 def describe_process(role: str, pid: int) -> str:
-    st = _status(pid)
+    st = proc_status(pid)
     uid, gid = st["Uid"].split()[0], st["Gid"].split()[0]
     cap = int(st["CapEff"], 16)
     caps = ("none" if cap == 0 else "CAP_SYS_RAWIO only" if cap == 1 << CAP_SYS_RAWIO
@@ -183,13 +167,13 @@ def show_processes(prguard: Prguard) -> None:
     assert prguard.proc is not None
     broker = prguard.proc.pid
     deadline = time.monotonic() + 10
-    while not (workers := _children(broker)):
+    while not (workers := children(broker)):
         if time.monotonic() > deadline:
             raise StoryError("prguard's worker process did not appear")
         time.sleep(0.05)
     for role, pid in (("broker", broker), ("worker", workers[0])):
         say(f"  {describe_process(role, pid)}")
-        if _status(pid)["Uid"].split()[0] != "65534":
+        if proc_status(pid)["Uid"].split()[0] != "65534":
             raise StoryError(f"prguard's {role} does not run as {USER}")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,17 @@ def losetup(image: Path, size: int, partitions: bool = False) -> str:
 
 def detach(dev: str) -> None:
     subprocess.run(["losetup", "-d", dev], check=False)
+
+
+@contextlib.contextmanager
+def loop_device(size: int = 16 << 20) -> Iterator[str]:
+    """A loop device over a fresh image, detached and the image removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="prguard-loop-") as directory:
+        dev = losetup(Path(directory) / "disk.img", size)
+        try:
+            yield dev
+        finally:
+            detach(dev)
 
 
 def partition_node(disk: str, number: int, directory: Path) -> str:

@@ -47,6 +47,14 @@ class Helper:
     def pid(self) -> int:
         return self.proc.pid
 
+    def pids(self) -> list[int]:
+        """The helper's processes: for prguard the broker and its worker."""
+        return [self.proc.pid, *children(self.proc.pid)]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the helper's processes so far."""
+        return cpu_seconds(self.pids())
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -61,14 +69,19 @@ class Helper:
         return self.stderr_file.read_text(errors="replace")
 
 
-def start_helper(cmd: Sequence[str], path: str, *extra: str) -> Helper:
+def start_helper(cmd: Sequence[str], path: str, *extra: str, timeout: float = 10.0) -> Helper:
+    """`cmd -k path extra...`, once it serves; stopped again if it does not in time."""
     argv = [*cmd, "-k", path, *extra]
     stderr_file = Path(path + ".stderr")
     with open(stderr_file, "wb") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=err, cwd=REPO)
-    wait_for_path(path, proc)
-    wait_for_service(path)
+    try:
+        wait_for_path(path, proc, timeout)
+        wait_for_service(path, timeout)
+    except BaseException:
+        stop_process(proc)
+        raise
     return Helper(argv, path, proc, stderr_file)
 
 
