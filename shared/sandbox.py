@@ -8,6 +8,7 @@ prguard never serves unconfined.
 from __future__ import annotations
 
 import ctypes
+import os
 from typing import TextIO
 
 import pyseccomp
@@ -79,11 +80,18 @@ def probe_arguments(rule: Rule) -> list[int]:
 
 def probe(rule: Rule) -> int:
     """Attempt a forbidden call (tests only: see docs/SECURITY.md). Under the filter the
-    process dies with SIGSYS here; the return value means the filter let it through."""
+    process dies with SIGSYS here; the return value means the filter let it through.
+
+    It says first, on stderr, which process makes which call: the tests match that
+    with the kernel's audit record of the kill (the syscall that killed it, not only
+    the signal: a process that got through and died later of something else fails)."""
     nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, rule.syscall)
+    args = probe_arguments(rule)
+    os.write(2, f"prguard: seccomp probe: pid {os.getpid()} calls {rule.syscall} (system "
+                f"call {nr}) with {', '.join(hex(a) for a in args)}\n".encode())
     libc = ctypes.CDLL(None, use_errno=True)
     result: int = libc.syscall(ctypes.c_long(nr),
-                               *[ctypes.c_ulong(a) for a in probe_arguments(rule)])
+                               *[ctypes.c_ulong(a) for a in args])
     return result
 
 

@@ -1,20 +1,28 @@
 """The privilege split, proven: capabilities and ids from /proc, seccomp on both
 processes, a death test for every syscall a policy forbids, and a compromised broker's
-credentials against the worker."""
+credentials against the worker.
+
+A death test checks which system call killed the process: the kernel's audit record of
+the kill (lab/seccomp_audit.py) must name the call the process said it was about to make.
+SIGSYS alone proves little: a process whose filter let the call through dies of SIGSYS
+later too, on its way out."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyseccomp
 import pytest
 
 from lab.processes import PRGUARD, REPO, Helper, children, proc_status, start_helper
+from lab.seccomp_audit import SeccompAudit
 from prguard.shared import sandbox
 
 PRGUARD_SCRIPT = str(Path(sys.executable).parent / "prguard")
@@ -72,18 +80,51 @@ def start_with_probe(sockdir: Path, role: str, spec: str) -> subprocess.Popen[by
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+@pytest.fixture(scope="module")
+def audit() -> Iterator[SeccompAudit]:
+    with SeccompAudit() as records:
+        yield records
+
+
+PROBE_LINE = re.compile(r"^prguard: seccomp probe: pid (\d+) calls (\w+) \(system call (\d+)\)"
+                        r" with [0-9a-fx, ]+\n")
+
+
+def killed_by_its_probe(audit: SeccompAudit, stderr: str, spec: str) -> tuple[int, str]:
+    """The probing process said which call it makes; the kernel's audit record of its
+    death names that very call. Returns (its pid, stderr after the probe's line)."""
+    report = PROBE_LINE.match(stderr)
+    assert report, stderr
+    pid, name, number = int(report[1]), report[2], int(report[3])
+    assert name == spec.partition("#")[0]
+    assert number == pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+    kill = audit.kill_of(pid)
+    assert kill is not None, f"no seccomp kill of pid {pid} in the kernel's audit records"
+    assert (kill.signal, kill.syscall) == (signal.SIGSYS, number), kill.record
+    return pid, stderr[report.end():]
+
+
 @pytest.mark.parametrize("spec", forbidden("broker"))
-def test_broker_dies_on_each_forbidden_syscall(sockdir: Path, spec: str) -> None:
+def test_broker_dies_on_each_forbidden_syscall(sockdir: Path, audit: SeccompAudit,
+                                               spec: str) -> None:
     proc = start_with_probe(sockdir, "broker", spec)
     assert proc.wait(20) == -signal.SIGSYS
+    assert proc.stderr is not None
+    pid, after = killed_by_its_probe(audit, proc.stderr.read().decode(), spec)
+    assert pid == proc.pid
+    # the worker may say why it follows its broker before the pipe is read
+    assert after in ("", "prguard: worker: the broker died; exiting\n")
 
 
 @pytest.mark.parametrize("spec", forbidden("worker"))
-def test_worker_dies_on_each_forbidden_syscall(sockdir: Path, spec: str) -> None:
+def test_worker_dies_on_each_forbidden_syscall(sockdir: Path, audit: SeccompAudit,
+                                               spec: str) -> None:
     proc = start_with_probe(sockdir, "worker", spec)
     assert proc.wait(20) == 1  # the broker exits non-zero, saying why
     assert proc.stderr is not None
-    assert proc.stderr.read().decode() == (
+    pid, after = killed_by_its_probe(audit, proc.stderr.read().decode(), spec)
+    assert pid != proc.pid
+    assert after == (
         "prguard: the worker failed to start (killed by SIGSYS: a system call outside its "
         "seccomp policy); exiting\n")
 
@@ -169,7 +210,7 @@ def test_print_seccomp_shows_the_compiled_filters() -> None:
                           capture_output=True).returncode == 1
 
 
-def test_threads_share_the_filter() -> None:
+def test_threads_share_the_filter(audit: SeccompAudit) -> None:
     """TSYNC: a thread that existed before the filter is confined too."""
     script = ("import threading,os,time,sys\n"
               "from prguard.shared import sandbox\n"
@@ -178,8 +219,11 @@ def test_threads_share_the_filter() -> None:
               "t=threading.Thread(target=run); t.start()\n"
               "sandbox.lock_down(sandbox.load_seccomp_policy('worker'), {'SYSFS_BLOCK_FD': None})\n"
               "ev.set(); t.join()\n")
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, timeout=20)
-    assert result.returncode == -signal.SIGSYS
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+    assert proc.wait(20) == -signal.SIGSYS
+    kill = audit.kill_of(proc.pid)
+    assert kill is not None and kill.syscall == pyseccomp.resolve_syscall(
+        pyseccomp.Arch.NATIVE, "openat"), kill
 
 
 def test_worker_alone_serves_with_the_filter(prguard: Helper, fd_zoo: dict[str, int]) -> None:
