@@ -30,6 +30,8 @@ MOVE_UNREG = 0x02
 MOVE_APTPL = 0x01
 
 MAX_KEY = 2**64 - 1
+#: The SERVICE ACTION field is bits 0-4 of CDB byte 1.
+SERVICE_ACTION_MAX = 0x1F
 #: The longest iSCSI name (iSCSI RFC 3720 3.2.6.1).
 ISCSI_NAME_MAX = 223
 #: The name field of an iSCSI TransportID is at least 20 bytes, padded to a multiple of 4.
@@ -46,9 +48,11 @@ def _check(value: int, limit: int, what: str) -> None:
         raise EncodeError(f"{what} {value} is outside 0..{limit}")
 
 
-def pr_in_cdb(action: PrInAction, allocation_length: int) -> bytes:
-    """PERSISTENT RESERVE IN (SPC-4 6.15.1): service action, allocation length (7-8)."""
-    _check(allocation_length, DATA_SIZE, "allocation length")
+def pr_in_cdb_bytes(action: int, allocation_length: int) -> bytes:
+    """PERSISTENT RESERVE IN (SPC-4 6.15.1): service action (byte 1), allocation length
+    (bytes 7-8). Any value that fits its field, valid or not."""
+    _check(action, SERVICE_ACTION_MAX, "service action")
+    _check(allocation_length, 0xFFFF, "allocation length")
     cdb = bytearray(CDB_SIZE)
     cdb[0] = Opcode.PERSISTENT_RESERVE_IN
     cdb[1] = action
@@ -56,19 +60,34 @@ def pr_in_cdb(action: PrInAction, allocation_length: int) -> bytes:
     return bytes(cdb)
 
 
-def pr_out_cdb(action: PrOutAction, parameter_list_length: int, pr_type: int = 0,
-               scope: int = 0) -> bytes:
-    """PERSISTENT RESERVE OUT (SPC-4 6.16.1): service action, scope/type, and the BE32
-    parameter list length at bytes 5-8 (bytes 5-6 stay zero: lists fit in 8192)."""
-    _check(parameter_list_length, DATA_SIZE, "parameter list length")
-    _check(pr_type, 0xF, "reservation type")
-    _check(scope, 0xF, "scope")
+def pr_out_cdb_bytes(action: int, parameter_list_length: int, scope_type: int) -> bytes:
+    """PERSISTENT RESERVE OUT (SPC-4 6.16.1): service action (byte 1), scope and type
+    (byte 2), parameter list length (BE32 at bytes 5-8). Any value that fits its field."""
+    _check(action, SERVICE_ACTION_MAX, "service action")
+    _check(parameter_list_length, 0xFFFFFFFF, "parameter list length")
+    _check(scope_type, 0xFF, "scope and type")
     cdb = bytearray(CDB_SIZE)
     cdb[0] = Opcode.PERSISTENT_RESERVE_OUT
     cdb[1] = action
-    cdb[2] = scope << 4 | pr_type
+    cdb[2] = scope_type
     cdb[5:9] = parameter_list_length.to_bytes(4, "big")
     return bytes(cdb)
+
+
+def pr_in_cdb(action: PrInAction, allocation_length: int) -> bytes:
+    """A PR IN CDB the helper will take: allocation length within the protocol's 8192."""
+    _check(allocation_length, DATA_SIZE, "allocation length")
+    return pr_in_cdb_bytes(action, allocation_length)
+
+
+def pr_out_cdb(action: PrOutAction, parameter_list_length: int, pr_type: int = 0,
+               scope: int = 0) -> bytes:
+    """A PR OUT CDB the helper will take: a parameter list within the protocol's 8192
+    (so bytes 5-6 stay zero, and qemu-pr-helper, which reads bytes 7-8, agrees)."""
+    _check(parameter_list_length, DATA_SIZE, "parameter list length")
+    _check(pr_type, 0xF, "reservation type")
+    _check(scope, 0xF, "scope")
+    return pr_out_cdb_bytes(action, parameter_list_length, scope << 4 | pr_type)
 
 
 def _check_length(size: int) -> None:

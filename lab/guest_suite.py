@@ -48,6 +48,7 @@ from typing import Any, Literal
 
 from lab.processes import stop_process, wait_for_path, wait_for_service
 from prguard.client.session import Client, pr_in_cdb, pr_out_cdb
+from prguard.shared.errors import QemuProtocolError
 
 REPO = Path(__file__).resolve().parent.parent.parent
 LIO_SETUP = Path(__file__).resolve().parent / "lio_setup.sh"
@@ -550,8 +551,9 @@ class Endpoint:
         try:
             if self.client is None:
                 self.client = Client(self.sock, timeout=REQUEST_TIMEOUT_S)
-            return self.client.request(step.cdb, fd, step.params)
-        except (OSError, EOFError) as e:
+            reply = self.client.request(step.cdb, fd, step.params)
+            return reply.status, reply.sense, reply.data
+        except (OSError, QemuProtocolError) as e:
             if self.client is not None:
                 self.client.close()
                 self.client = None

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from lab.hostile import KINDS, hostile_connection
 from lab.processes import children, fd_count, proc_status
 from prguard.client.session import Client, pr_in_cdb, pr_out_cdb
+from prguard.shared.errors import QemuProtocolError
 
 RSS_SLACK_KIB = 8 * 1024
 
@@ -66,7 +67,7 @@ def client_loop(path: str, device: str, until: float, seed: int, tally: Tally) -
             if client is None:
                 try:
                     client = Client(path, timeout=30)
-                except (OSError, EOFError) as exc:
+                except (OSError, QemuProtocolError) as exc:
                     with tally.lock:
                         tally.failures.append(f"valid client not served: {exc!r}")
                     continue
@@ -75,17 +76,17 @@ def client_loop(path: str, device: str, until: float, seed: int, tally: Tally) -
             with tally.lock:
                 tally.valid_sent += 1
             try:
-                status, sense, _ = client.request(cdb, fds[rng.choice(["loop", "file"])], data)
-            except (OSError, EOFError) as exc:
+                reply = client.request(cdb, fds[rng.choice(["loop", "file"])], data)
+            except (OSError, QemuProtocolError) as exc:
                 with tally.lock:
                     tally.failures.append(f"valid request unanswered: {exc!r}")
                 client = None
                 continue
             with tally.lock:
                 tally.valid_answered += 1
-            if status != 2 or len(sense) != 96:
+            if reply.status != 2:
                 with tally.lock:
-                    tally.failures.append(f"unexpected reply status {status}")
+                    tally.failures.append(f"unexpected reply status {reply.status}")
     finally:
         if client is not None:
             client.close()

@@ -10,7 +10,7 @@ import re
 
 from man.roff import Page, bold, italic, option
 from prguard import __version__
-from prguard.client import cli
+from prguard.client import arguments
 
 #: An epilog paragraph opening with `Heading:` becomes that section of the page.
 _HEADING = re.compile(r"([A-Z][A-Za-z ]*): *")
@@ -48,7 +48,7 @@ def _options(page: Page, parser: argparse.ArgumentParser) -> None:
             page.paragraph(group.description)
         for action in actions:
             page.tagged(_tag(action), _help(parser, action),
-                        cli.MAN_NOTES.get(_note_key(action), ""))
+                        arguments.MAN_NOTES.get(_note_key(action), ""))
 
 
 def _epilog(page: Page, epilog: str) -> None:
@@ -69,13 +69,13 @@ def _epilog(page: Page, epilog: str) -> None:
 
 
 def build() -> Page:
-    parser = cli.build_parser()
+    parser = arguments.build_parser()
     page = Page("prguard-client", 1, f"prguard {__version__}", "User Commands",
                 "send one persistent reservation command through qemu-pr-helper or prguard")
     page.section("Synopsis")
     positionals = " ".join(italic(str(a.metavar or a.dest)) for a in parser._actions
                            if not a.option_strings)
-    page.raw(f"{bold(cli.PROG)} [{italic('OPTION')}]... {positionals}")
+    page.raw(f"{bold(arguments.PROG)} [{italic('OPTION')}]... {positionals}")
     page.section("Description")
     page.paragraph(str(parser.description))
     page.paragraph(

@@ -29,6 +29,7 @@ from lab.processes import (
     start_helper,
 )
 from prguard.client.session import Client, pr_in_cdb, pr_out_cdb
+from prguard.shared.qemu_protocol import PrReply
 from prguard.shared.scsi import Sense, Status
 
 IO_ERROR = Sense.IO_ERROR.fixed_format()
@@ -53,9 +54,9 @@ def odd_fds() -> Iterator[dict[str, int]]:
 def test_odd_fds_are_refused_before_any_ioctl(prguard: Helper, odd_fds: dict[str, int],
                                               kind: str) -> None:
     with Client(prguard.path) as client:
-        assert client.request(pr_in_cdb(), odd_fds[kind]) == (Status.CHECK_CONDITION,
-                                                              IO_ERROR, b"")
-        assert client.request(pr_out_cdb(0, 24), odd_fds[kind], bytes(24))[1] == IO_ERROR
+        assert client.request(pr_in_cdb(), odd_fds[kind]) == PrReply(Status.CHECK_CONDITION,
+                                                                     IO_ERROR, b"")
+        assert client.request(pr_out_cdb(0, 24), odd_fds[kind], bytes(24)).sense == IO_ERROR
 
 
 def test_thousand_hostile_connections_leave_no_fd_behind(prguard: Helper,
@@ -75,7 +76,7 @@ def test_thousand_hostile_connections_leave_no_fd_behind(prguard: Helper,
     # A legitimate client is still served (once the hostile ones, all from this same
     # peer, are gone: the per-peer limit would otherwise count them).
     with Client(prguard.path) as client:
-        assert client.request(pr_in_cdb(), fd_zoo["loop"])[0] == Status.CHECK_CONDITION
+        assert client.request(pr_in_cdb(), fd_zoo["loop"]).status == Status.CHECK_CONDITION
     assert prguard.proc.poll() is None
     assert os.path.exists(f"/proc/{worker}")
 
@@ -147,7 +148,7 @@ def test_a_stopped_worker_gets_the_request_answered_at_the_deadline(
     (worker,) = children(helper.pid)
     try:
         os.kill(worker, signal.SIGSTOP)
-        result: list[tuple[int, bytes, bytes]] = []
+        result: list[PrReply] = []
         started = time.monotonic()
         with Client(helper.path, timeout=20) as stuck:
             t = threading.Thread(target=lambda: result.append(
@@ -155,10 +156,10 @@ def test_a_stopped_worker_gets_the_request_answered_at_the_deadline(
             t.start()
             time.sleep(0.5)
             with Client(helper.path) as other:  # requests the broker answers itself
-                assert other.request(pr_in_cdb(), fd_zoo["file"])[1] == IO_ERROR
+                assert other.request(pr_in_cdb(), fd_zoo["file"]).sense == IO_ERROR
             t.join(15)
-        assert result == [(Status.CHECK_CONDITION, Sense.LUN_COMM_FAILURE.fixed_format(),
-                           b"")]
+        assert result == [PrReply(Status.CHECK_CONDITION, Sense.LUN_COMM_FAILURE.fixed_format(),
+                                  b"")]
         assert 5 < time.monotonic() - started < 10  # 1 s SG_IO timeout + 5 s grace
     finally:
         os.kill(worker, signal.SIGCONT)

@@ -43,6 +43,7 @@ import pytest
 
 from lab.processes import C_HELPER, children, wait_for_service
 from prguard.client.session import Client, pr_in_cdb, pr_out_cdb
+from prguard.shared.errors import QemuProtocolError
 from prguard.shared.scsi import Sense, Status
 
 HELPER = Path(sys.executable).parent / "prguard"  # the console script, as qemu.conf names it
@@ -239,8 +240,9 @@ def cmdline(pid: int) -> list[str]:
 def served(path: str, fd: int) -> None:
     """One PR IN through the helper: the loop driver's EINVAL comes back as 05/24/00."""
     with Client(path) as client:
-        status, sense, _ = client.request(pr_in_cdb(), fd)
-    assert (status, sense) == (Status.CHECK_CONDITION, Sense.INVALID_FIELD.fixed_format())
+        reply = client.request(pr_in_cdb(), fd)
+    assert (reply.status, reply.sense) == (Status.CHECK_CONDITION,
+                                           Sense.INVALID_FIELD.fixed_format())
 
 
 # -- 6.2 How libvirt starts the managed helper ------------------------------------------
@@ -371,7 +373,7 @@ def test_runs_in_qemus_mount_namespace(domain: tuple[str, str],
     assert os.readlink(f"/proc/{managed.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
     served(path, fd_zoo["loop"])
     with Client(path) as client:
-        assert client.request(pr_in_cdb(), fd_zoo["part"])[1] == \
+        assert client.request(pr_in_cdb(), fd_zoo["part"]).sense == \
             Sense.IO_ERROR.fixed_format()  # the partition check still works (sysfs)
 
 
@@ -401,8 +403,8 @@ def test_socket_labelled_for_an_unprivileged_qemu(sockdir: Path,
                 os.setgid(nobody.pw_gid)
                 os.setuid(nobody.pw_uid)
                 with Client(path) as client:
-                    status, sense, _ = client.request(pr_in_cdb(), fd_zoo["loop"])
-                os.write(write, bytes([status]) + sense[:14])
+                    answer = client.request(pr_in_cdb(), fd_zoo["loop"])
+                os.write(write, bytes([answer.status]) + answer.sense[:14])
                 code = 0
             finally:
                 os._exit(code)
@@ -471,7 +473,7 @@ def test_sigkill_after_the_grace_period_leaves_nothing_running(
     client = Client(path)
 
     def request() -> None:
-        with contextlib.suppress(OSError, EOFError):
+        with contextlib.suppress(OSError, QemuProtocolError):
             client.request(pr_out_cdb(0, 24), fd_zoo["loop"], bytes(24))
 
     in_flight = threading.Thread(target=request, daemon=True)

@@ -21,6 +21,7 @@ from lab.processes import (
     wait_for_service,
 )
 from prguard.client.session import Client, pr_in_cdb, pr_out_cdb
+from prguard.shared.qemu_protocol import PrReply
 from prguard.shared.scsi import Sense, Status
 
 LUN_COMM_FAILURE = Sense.LUN_COMM_FAILURE.fixed_format()
@@ -54,14 +55,14 @@ def test_in_flight_request_gets_lun_communication_failure_when_the_worker_dies(
     os.kill(worker, signal.SIGSTOP)  # the request will be in flight, unanswered
     with Client(prguard.path) as client:
         import threading
-        result: list[tuple[int, bytes, bytes]] = []
+        result: list[PrReply] = []
         t = threading.Thread(target=lambda: result.append(
             client.request(pr_out_cdb(0, 24), fd_zoo["loop"], bytes(24))))
         t.start()
         time.sleep(0.3)
         os.kill(worker, signal.SIGKILL)
         t.join(5)
-    assert result == [(Status.CHECK_CONDITION, LUN_COMM_FAILURE, b"")]
+    assert result == [PrReply(Status.CHECK_CONDITION, LUN_COMM_FAILURE, b"")]
     assert prguard.proc.wait(5) == 1
 
 
@@ -78,7 +79,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_zero(
     os.kill(worker, signal.SIGSTOP)
     with Client(prguard.path) as client:
         import threading
-        result: list[tuple[int, bytes, bytes]] = []
+        result: list[PrReply] = []
         t = threading.Thread(target=lambda: result.append(
             client.request(pr_in_cdb(), fd_zoo["loop"])))
         t.start()
@@ -89,7 +90,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_zero(
         assert not os.path.exists(prguard.path)  # but no longer accepting
         os.kill(worker, signal.SIGCONT)
         t.join(5)
-    assert result == [(Status.CHECK_CONDITION, Sense.INVALID_FIELD.fixed_format(), b"")]
+    assert result == [PrReply(Status.CHECK_CONDITION, Sense.INVALID_FIELD.fixed_format(), b"")]
     assert prguard.proc.wait(5) == 0
     assert gone(worker)
 
@@ -107,8 +108,9 @@ def test_libvirt_managed_start_survives_a_closed_stderr(sockdir: Path,
     os.close(read_end)  # libvirt closes its end of the stderr pipe
     for _ in range(3):
         with Client(path) as client:
-            assert client.request(pr_in_cdb(), fd_zoo["loop"])[0] == Status.CHECK_CONDITION
-            assert client.request(pr_in_cdb(), fd_zoo["file"])[1] == Sense.IO_ERROR.fixed_format()
+            assert client.request(pr_in_cdb(), fd_zoo["loop"]).status == Status.CHECK_CONDITION
+            assert client.request(pr_in_cdb(), fd_zoo["file"]).sense == \
+                Sense.IO_ERROR.fixed_format()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
     # ... and it can be started again on the same path.

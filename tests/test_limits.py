@@ -80,7 +80,7 @@ def test_a_stalled_message_is_closed_at_the_deadline_while_others_are_served(
             send_with_fds(staller, pr_out_cdb(0, 24), [fd_zoo["loop"]])
             staller.send(bytes(7))
     with Client(quick.path) as other:  # served while the staller holds its connection
-        assert other.request(pr_in_cdb(), fd_zoo["loop"])[0] == Status.CHECK_CONDITION
+        assert other.request(pr_in_cdb(), fd_zoo["loop"]).status == Status.CHECK_CONDITION
     waited = closed_after(staller, 5)
     assert waited is not None and waited < 2.5
     staller.close()
@@ -91,7 +91,7 @@ def test_idle_time_between_requests_is_not_limited(quick: Helper,
     with Client(quick.path) as client:
         client.request(pr_in_cdb(), fd_zoo["loop"])
         time.sleep(2.5)  # longer than the 1 s deadline: QEMU may be idle for hours
-        assert client.request(pr_in_cdb(), fd_zoo["loop"])[0] == Status.CHECK_CONDITION
+        assert client.request(pr_in_cdb(), fd_zoo["loop"]).status == Status.CHECK_CONDITION
 
 
 def test_c_helper_waits_forever_on_a_stalled_message(sockdir: Path,
@@ -137,7 +137,7 @@ def test_a_client_that_never_reads_is_dropped_without_blocking_others(
     t.start()
     time.sleep(0.5)
     with Client(quick.path) as other:  # the hog does not hold the broker up
-        assert other.request(pr_in_cdb(), fd_zoo["loop"])[0] == Status.CHECK_CONDITION
+        assert other.request(pr_in_cdb(), fd_zoo["loop"]).status == Status.CHECK_CONDITION
     t.join(10)
     assert outcome in (["BrokenPipeError"], ["ConnectionResetError"])
     assert quick.proc.poll() is None
@@ -160,7 +160,7 @@ def test_one_peer_cannot_take_every_slot(quick: Helper, loop_disk: str) -> None:
         [*PRGUARD[:1], "-c", "import sys; sys.path.insert(0, '.');"
          "from prguard.client.session import Client, pr_in_cdb; import os;"
          f"fd = os.open({loop_disk!r}, os.O_RDWR);"
-         f"c = Client({quick.path!r}); print(c.request(pr_in_cdb(), fd)[0])"],
+         f"c = Client({quick.path!r}); print(c.request(pr_in_cdb(), fd).status)"],
         cwd=REPO, capture_output=True, text=True, timeout=20)
     assert out.stdout.strip() == "2", out.stderr
     for s in [*mine, extra]:

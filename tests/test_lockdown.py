@@ -230,4 +230,4 @@ def test_worker_alone_serves_with_the_filter(prguard: Helper, fd_zoo: dict[str, 
     """A confined pair still does the work (SG_IO passes the filter)."""
     from prguard.client.session import Client, pr_in_cdb
     with Client(prguard.path) as client:
-        assert client.request(pr_in_cdb(), fd_zoo["loop"])[0] == 2
+        assert client.request(pr_in_cdb(), fd_zoo["loop"]).status == 2

@@ -113,10 +113,10 @@ def test_prguard_page_has_every_section_and_the_defaults(pages: Path) -> None:
 
 
 def test_client_page_takes_notes_and_the_epilog_from_the_client(pages: Path) -> None:
-    from prguard.client import cli
+    from prguard.client import arguments
     body = {title: " ".join(" ".join(lines).split())
             for title, lines in sections(rendered(pages / "prguard-client.1"))}
-    for note in cli.MAN_NOTES.values():
+    for note in arguments.MAN_NOTES.values():
         assert " ".join(note.split()) in body["OPTIONS"]
     assert "3 the device could not be opened" in body["EXIT STATUS"]
     assert "prguard-client --register --param-sark 0x1234 /dev/sdb" in body["EXAMPLES"]

@@ -13,6 +13,7 @@ import pytest
 from lab.processes import Helper, children
 from lab.sgio_log import SgIoLog, loop_einval
 from prguard.client.session import Client, pr_in_cdb, pr_out_cdb
+from prguard.shared.qemu_protocol import PrReply
 from prguard.shared.scsi import Sense, Status
 
 INVALID_FIELD = Sense.INVALID_FIELD.fixed_format()  # what the loop driver's EINVAL maps to
@@ -25,8 +26,8 @@ def test_pr_in_on_loop_device_reaches_sg_io(prguard_debug: Helper, fd_zoo: dict[
     log = SgIoLog(prguard_debug)
     with Client(prguard_debug.path) as client:
         assert client.features == 0
-        status, sense, data = client.request(pr_in_cdb(0, 24), fd_zoo["loop"])
-    assert (status, sense, data) == (Status.CHECK_CONDITION, INVALID_FIELD, b"")
+        reply = client.request(pr_in_cdb(0, 24), fd_zoo["loop"])
+    assert reply == PrReply(Status.CHECK_CONDITION, INVALID_FIELD, b"")
     assert log.new_calls() == [loop_einval(pr_in_cdb(0, 24), loop_disk)]
 
 
@@ -34,8 +35,8 @@ def test_pr_out_on_loop_device_reaches_sg_io(prguard_debug: Helper, fd_zoo: dict
                                              loop_disk: str) -> None:
     log = SgIoLog(prguard_debug)
     with Client(prguard_debug.path) as client:
-        status, sense, data = client.request(pr_out_cdb(0, 24), fd_zoo["loop"], bytes(24))
-    assert (status, sense, data) == (Status.CHECK_CONDITION, INVALID_FIELD, b"")
+        reply = client.request(pr_out_cdb(0, 24), fd_zoo["loop"], bytes(24))
+    assert reply == PrReply(Status.CHECK_CONDITION, INVALID_FIELD, b"")
     assert log.new_calls() == [loop_einval(pr_out_cdb(0, 24), loop_disk)]
 
 
@@ -45,8 +46,8 @@ def test_non_scsi_fds_are_refused_with_the_enotty_answer(
         prguard_debug: Helper, fd_zoo: dict[str, int], kind: str) -> None:
     log = SgIoLog(prguard_debug)
     with Client(prguard_debug.path) as client:
-        assert client.request(pr_in_cdb(), fd_zoo[kind]) == (Status.CHECK_CONDITION,
-                                                             IO_ERROR, b"")
+        assert client.request(pr_in_cdb(), fd_zoo[kind]) == PrReply(Status.CHECK_CONDITION,
+                                                                    IO_ERROR, b"")
     assert log.new_calls() == []
 
 
@@ -55,8 +56,8 @@ def test_pr_out_on_read_only_fd_is_invalid_opcode(
         prguard_debug: Helper, fd_zoo: dict[str, int], kind: str) -> None:
     log = SgIoLog(prguard_debug)
     with Client(prguard_debug.path) as client:
-        status, sense, _ = client.request(pr_out_cdb(0, 24), fd_zoo[kind], bytes(24))
-    assert (status, sense) == (Status.CHECK_CONDITION, INVALID_OPCODE)
+        reply = client.request(pr_out_cdb(0, 24), fd_zoo[kind], bytes(24))
+    assert (reply.status, reply.sense) == (Status.CHECK_CONDITION, INVALID_OPCODE)
     assert log.new_calls() == []
 
 
@@ -65,8 +66,8 @@ def test_pr_in_on_read_only_fd_goes_to_the_device(prguard_debug: Helper,
                                                   ) -> None:
     log = SgIoLog(prguard_debug)
     with Client(prguard_debug.path) as client:
-        assert client.request(pr_in_cdb(), fd_zoo["loop_ro"])[:2] == (Status.CHECK_CONDITION,
-                                                                      INVALID_FIELD)
+        reply = client.request(pr_in_cdb(), fd_zoo["loop_ro"])
+        assert (reply.status, reply.sense) == (Status.CHECK_CONDITION, INVALID_FIELD)
     assert log.new_calls() == [loop_einval(pr_in_cdb(), loop_disk)]
 
 
@@ -80,8 +81,8 @@ def test_undefined_service_actions_are_invalid_field_without_sg_io(
         prguard_debug: Helper, fd_zoo: dict[str, int], cdb: bytes, data: bytes) -> None:
     log = SgIoLog(prguard_debug)
     with Client(prguard_debug.path) as client:
-        assert client.request(cdb, fd_zoo["loop"], data) == (Status.CHECK_CONDITION,
-                                                             INVALID_FIELD, b"")
+        assert client.request(cdb, fd_zoo["loop"], data) == PrReply(Status.CHECK_CONDITION,
+                                                                    INVALID_FIELD, b"")
         # the same connection still reaches the device: the log is being written
         client.request(pr_in_cdb(), fd_zoo["loop"])
     assert [call.cdb for call in log.new_calls()] == [pr_in_cdb()]

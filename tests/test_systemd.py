@@ -68,7 +68,7 @@ def test_started_like_systemd_it_notifies_ready_once_it_serves(
         (worker,) = children(proc.pid)
         assert proc_status(proc.pid)["Seccomp"] == proc_status(worker)["Seccomp"] == "2"
         with Client(sock_path) as client:
-            assert client.request(pr_in_cdb(), fd_zoo["loop"])[0] == 2
+            assert client.request(pr_in_cdb(), fd_zoo["loop"]).status == 2
         proc.terminate()
         assert notify.recv(4096) == b"STOPPING=1"
         assert proc.wait(10) == 0
