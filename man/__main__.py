@@ -1,4 +1,4 @@
-"""`python -m man [--bindir=...] OUTDIR`: write prguard.8 and prguard-client.1 there."""
+"""`python -m prguard.man [--bindir=...] OUTDIR`: write prguard.8 and prguard-client.1 there."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
-from man import client_page, prguard_page
-from man.layout import Layout
+from prguard.man import client_page, prguard_page
+from prguard.man.layout import Layout
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m man", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m prguard.man", description=__doc__)
     parser.add_argument("outdir", type=Path)
     for field in fields(Layout):
         parser.add_argument(f"--{field.name}", default=field.default,

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import re
 
-from man.roff import Page, bold, italic, option
 from prguard import __version__
 from prguard.client import arguments
+from prguard.man.roff import Page, bold, italic, option
 
 #: An epilog paragraph opening with `Heading:` becomes that section of the page.
 _HEADING = re.compile(r"([A-Z][A-Za-z ]*): *")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from man.layout import Layout
-from man.roff import Page, bold, italic, option
 from prguard import __version__, cli
+from prguard.man.layout import Layout
+from prguard.man.roff import Page, bold, italic, option
 
 
 def _tag(opt: cli.Option) -> str:

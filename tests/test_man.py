@@ -22,7 +22,7 @@ OPTION = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("man")
-    subprocess.run([sys.executable, "-m", "man", "--bindir=/opt/pg/bin",
+    subprocess.run([sys.executable, "-m", "prguard.man", "--bindir=/opt/pg/bin",
                     "--libdir=/opt/pg/lib/prguard", "--unitdir=/opt/pg/lib/systemd/system",
                     "--sysusersdir=/opt/pg/lib/sysusers.d", str(out)],
                    cwd=REPO, check=True)
