@@ -1,4 +1,6 @@
 # prguard: `make demo` and `make test` do their own set-up on a fresh Debian 12 (as root).
+# `make install` (PREFIX, DESTDIR) builds and installs prguard for administrators and
+# packagers; it needs gcc, libcap-dev, python3-dev and python3-venv.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -16,9 +18,10 @@ DEBS := gcc libcap-dev python3-dev python3-venv libseccomp2 qemu-system-common f
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 120
 
-.PHONY: all deps venv lint typecheck pytest fuzz-short fuzz soak test run demo clean bench
+.PHONY: all deps venv lint typecheck pytest fuzz-short fuzz soak test run demo clean bench \
+        build install uninstall man
 
-all: test
+all: build
 
 deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -84,3 +87,81 @@ run: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# The man pages for a look: man -l build/man/prguard.8
+man: venv
+	$(BIN)/python -m prguard.man build/man
+
+# -- install ------------------------------------------------------------------------------
+# prguard in its own virtual environment under LIBDIR, `prguard` and `prguard-client` in
+# BINDIR, the systemd units (ExecStart= in BINDIR), the prguard user for systemd-sysusers
+# and the man pages. DESTDIR stages all of it for a package: a virtual environment cannot
+# be moved, so every path written there (scripts' #! lines, pyvenv.cfg, the compiled
+# modules' file names) is the final one. Not under /root, /home or /tmp: the unit's
+# ProtectHome= and PrivateTmp= hide those from the service.
+PREFIX = /usr/local
+BINDIR = $(PREFIX)/bin
+LIBDIR = $(PREFIX)/lib/prguard
+MANDIR = $(PREFIX)/share/man
+UNITDIR = $(PREFIX)/lib/systemd/system
+SYSUSERSDIR = $(PREFIX)/lib/sysusers.d
+# The interpreter the installed environment runs on: the system's, which the service can
+# see (a pyenv or a venv under /root would be hidden from it).
+INSTALL_PYTHON = /usr/bin/python3
+STAGE = $(DESTDIR)$(LIBDIR)
+WHEELS := build/wheels
+PACKAGE_SOURCES := pyproject.toml README.md LICENSE \
+        $(wildcard prguard/*.py broker/*.py worker/*.py shared/*.py client/*.py man/*.py \
+                   seccomp/*.py seccomp/*.policy)
+
+# Wheels of prguard and of its dependencies (python-prctl is compiled here), so that the
+# install itself needs neither a network nor a compiler.
+build: $(WHEELS)/.built
+
+build/venv/bin/pip:
+	$(INSTALL_PYTHON) -m venv build/venv
+
+$(WHEELS)/.built: $(PACKAGE_SOURCES) | build/venv/bin/pip
+	rm -rf $(WHEELS) build/lib  # setuptools would put a module removed since into the wheel
+	build/venv/bin/pip wheel -q --wheel-dir $(WHEELS) .
+	@touch $@
+
+# LIBDIR is removed whole by install and uninstall: it must be prguard's own.
+CHECK_LIBDIR = case "$(LIBDIR)" in */prguard) ;; \
+  *) echo "LIBDIR=$(LIBDIR): must end in /prguard (it is removed whole)" >&2; exit 1;; esac
+
+install: build
+	@$(CHECK_LIBDIR)
+	@for path in "$$(realpath $(INSTALL_PYTHON))" "$(LIBDIR)"; do case "$$path/" in \
+	  /root/*|/home/*|/tmp/*) echo "$$path is under /root, /home or /tmp, which the" \
+	    "service cannot see (ProtectHome=, PrivateTmp=)" >&2; exit 1;; esac; done
+	rm -rf $(STAGE)
+	$(INSTALL_PYTHON) -m venv --without-pip $(STAGE)
+	build/venv/bin/pip --python $(STAGE)/bin/python install -q --no-index \
+	  --find-links $(WHEELS) --no-compile --no-warn-script-location prguard
+	@if [ -n "$(DESTDIR)" ]; then \
+	  grep -rlIF -- '$(STAGE)' $(STAGE) | xargs -r sed -i 's|$(STAGE)|$(LIBDIR)|g'; fi
+	$(STAGE)/bin/python -m compileall -q -j 0 -d $(LIBDIR)/lib $(STAGE)/lib
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) \
+	  $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8
+	ln -sfr $(STAGE)/bin/prguard $(DESTDIR)$(BINDIR)/prguard
+	ln -sfr $(STAGE)/bin/prguard-client $(DESTDIR)$(BINDIR)/prguard-client
+	sed 's|^ExecStart=/usr/local/bin/prguard |ExecStart=$(BINDIR)/prguard |' \
+	  systemd/prguard.service > build/prguard.service
+	grep -q '^ExecStart=$(BINDIR)/prguard ' build/prguard.service
+	install -m 644 build/prguard.service systemd/prguard.socket $(DESTDIR)$(UNITDIR)/
+	printf '%s\n' '# The user both prguard processes run as (prguard.service: -u prguard -g prguard).' \
+	  'u prguard - "prguard persistent reservation helper"' > build/prguard.sysusers
+	install -m 644 build/prguard.sysusers $(DESTDIR)$(SYSUSERSDIR)/prguard.conf
+	$(STAGE)/bin/python -P -m prguard.man --bindir=$(BINDIR) --libdir=$(LIBDIR) \
+	  --unitdir=$(UNITDIR) --sysusersdir=$(SYSUSERSDIR) build/man
+	install -m 644 build/man/prguard-client.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 644 build/man/prguard.8 $(DESTDIR)$(MANDIR)/man8/
+
+uninstall:
+	@$(CHECK_LIBDIR)
+	rm -rf $(DESTDIR)$(LIBDIR)
+	rm -f $(DESTDIR)$(BINDIR)/prguard $(DESTDIR)$(BINDIR)/prguard-client \
+	  $(DESTDIR)$(UNITDIR)/prguard.socket $(DESTDIR)$(UNITDIR)/prguard.service \
+	  $(DESTDIR)$(SYSUSERSDIR)/prguard.conf \
+	  $(DESTDIR)$(MANDIR)/man1/prguard-client.1 $(DESTDIR)$(MANDIR)/man8/prguard.8
