@@ -165,7 +165,7 @@ def test_the_installed_service_starts_as_systemd_starts_it(
             assert any(m.startswith(f"{PREFIX}/lib/prguard/") for m in mapped)
             assert not [m for m in mapped if m.startswith(("/root/", "/home/", "/tmp/"))]
         with Client(sock_path) as client:
-            assert client.request(pr_in_cdb(), fd_zoo["loop"])[0] == 2  # CHECK CONDITION
+            assert client.request(pr_in_cdb(), fd_zoo["loop"]).status == 2  # CHECK CONDITION
         proc.terminate()
         assert notify.recv(4096) == b"STOPPING=1"
         assert proc.wait(10) == 0
