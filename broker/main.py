@@ -17,7 +17,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field, replace
-from typing import TextIO
+from typing import Any, TextIO
 
 from prguard.broker.limits import (
     DEFAULT_MAX_CONNECTIONS,
@@ -30,7 +30,7 @@ from prguard.broker.notify import Notifier
 from prguard.broker.server import Broker, warm_up
 from prguard.broker.trace import Tracer
 from prguard.broker.worker_client import WorkerClient, await_ready
-from prguard.shared import fdcheck, privileges, sandbox
+from prguard.shared import confined, fdcheck, privileges, sandbox
 from prguard.shared.privileges import Identity
 from prguard.shared.seccomp_policy import Rule, SeccompPolicy
 from prguard.shared.socket_file import SocketFile
@@ -107,9 +107,9 @@ async def _serve(listener: socket.socket, channel: socket.socket, config: Broker
                  tracer: Tracer, sysfs_block: int, seccomp_policy: SeccompPolicy,
                  probe: Rule | None, notifier: Notifier) -> int:
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_loop_exception)
     worker = WorkerClient(channel)
     worker.start()
-    assert worker.lost is not None
     broker = Broker(worker, sysfs_block, tracer, fit_to_fd_limit(config.limits))
     broker.listen(listener)
     stop: asyncio.Future[int] = loop.create_future()
@@ -137,28 +137,51 @@ async def _serve(listener: socket.socket, channel: socket.socket, config: Broker
         log.error("seccomp let %s through", probe)
         return 3
     signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)  # blocked since start-up
+    try:
+        return await _until_stopped(config, tracer, notifier, broker, worker, stop)
+    finally:
+        # Blocked again before the loop closes: closing restores the default actions, and
+        # a late SIGTERM would then kill the process, a SIGINT raise KeyboardInterrupt.
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+
+
+async def _until_stopped(config: BrokerConfig, tracer: Tracer, notifier: Notifier,
+                         broker: Broker, worker: WorkerClient, stop: asyncio.Future[int]
+                         ) -> int:
+    """Serve until a stop signal or the loss of the worker; then finish what is in
+    flight. 0 after an orderly stop, 1 if the worker was lost or did not end cleanly."""
+    assert worker.lost is not None
     notifier.send(f"READY=1\nSTATUS=serving, worker pid {config.worker_pid}\n"
                   f"MAINPID={os.getpid()}")
     waiters: set[asyncio.Future[int] | asyncio.Future[str]] = {stop, worker.lost}
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     notifier.send("STOPPING=1")
     notifier.close()
-    code = 0
-    if worker.lost.done():
-        how = _reap(config.worker_pid)
-        tracer.emit("prguard_worker_lost", reason=repr(worker.lost.result()), how=how)
-        log.error("%s (%s); exiting", worker.lost.result(), how)
-        code = 1
-    else:
+    if not worker.lost.done():
         log.info("signal %d: finishing requests in flight, then exiting", stop.result())
     broker.stop_accepting()
     _remove_socket_file(config)
     await broker.drain()
     await broker.cancel_clients()
+    if worker.lost.done():  # before the stop, or while finishing
+        how = _reap(config.worker_pid)
+        tracer.emit("prguard_worker_lost", reason=repr(worker.lost.result()), how=how)
+        log.error("%s (%s); exiting", worker.lost.result(), how)
+        return 1
     worker.close()
-    if code == 0:
-        _reap(config.worker_pid)
-    return code
+    how = _reap(config.worker_pid)
+    if how != "exit status 0":
+        log.error("the worker did not end cleanly at stop (%s)", how)
+        return 1
+    return 0
+
+
+def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """An exception no task or callback handled: one line (the default handler formats a
+    traceback and the repr of the future, neither of which a confined process can)."""
+    exc = context.get("exception")
+    log.error("internal error: %s: %s", context.get("message", "in the event loop"),
+              confined.describe(exc if isinstance(exc, BaseException) else None))
 
 
 #: fds the broker keeps for itself (stdio, listener, channel, epoll, sysfs, notify, trace).

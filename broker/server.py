@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass
 
 from prguard.broker.limits import Admission, Limits
+from prguard.broker.readiness import wake
 from prguard.broker.trace import Tracer
 from prguard.broker.worker_client import WorkerClient, WorkerLost
 from prguard.shared import fdcheck, fdpass
@@ -117,7 +118,7 @@ class ClientStream:
                 return data, fdpass.fds_from_ancillary(anc), bool(flags & socket.MSG_CTRUNC)
             except (BlockingIOError, InterruptedError):
                 readable: asyncio.Future[None] = loop.create_future()
-                loop.add_reader(self.sock.fileno(), readable.set_result, None)
+                loop.add_reader(self.sock.fileno(), wake, readable)
                 try:
                     await readable
                 finally:
@@ -199,6 +200,9 @@ class Broker:
         self._clients.add(task)
         self._handshaking[task] = peer
         task.add_done_callback(self._clients.discard)
+        # A task cancelled before its first step never enters _serve_client's `finally`.
+        task.add_done_callback(lambda _: sock.close())
+        task.add_done_callback(self._evicted.discard)
         if self._admission.full and not self._handshaking:
             log.warning("%d connections open: not accepting until one closes",
                         self._admission.total)

@@ -12,6 +12,7 @@ import itertools
 import logging
 import socket
 
+from prguard.broker.readiness import wake
 from prguard.shared import fdpass
 from prguard.shared.errors import ChannelError
 from prguard.shared.messages import Malformed, Ready, Refused, SgIoRequest, SgIoResult, decode
@@ -74,6 +75,10 @@ class WorkerClient:
             return await answer
         finally:
             self._pending.pop(request.id, None)
+            if answer.done() and not answer.cancelled():
+                # Failed while sending: _lose() also failed this future, which nobody
+                # will await; unretrieved, it would be reported when collected.
+                answer.exception()
 
     async def _send(self, payload: bytes, fd: int) -> None:
         loop = asyncio.get_running_loop()
@@ -83,7 +88,7 @@ class WorkerClient:
                 return
             except BlockingIOError:
                 writable: asyncio.Future[None] = loop.create_future()
-                loop.add_writer(self._channel.fileno(), writable.set_result, None)
+                loop.add_writer(self._channel.fileno(), wake, writable)
                 try:
                     await writable
                 finally:

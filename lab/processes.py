@@ -129,12 +129,15 @@ def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str],
         return proc.wait()
 
 
-def activated(listener_fd: int, argv: Sequence[str]) -> list[str]:
+def activated(listener_fd: int, argv: Sequence[str],
+              pid_variables: Sequence[str] = ("LISTEN_PID",)) -> list[str]:
     """argv that runs `argv` as systemd would with one activated socket: the listening
-    fd moved to 3, LISTEN_FDS=1 and LISTEN_PID naming the exec'd process itself.
-    Pass `listener_fd` in pass_fds."""
+    fd moved to 3, LISTEN_FDS=1 and LISTEN_PID (and any other of `pid_variables`, such
+    as WATCHDOG_PID) naming the exec'd process itself. Pass `listener_fd` in pass_fds."""
+    names = ",".join(repr(name) for name in pid_variables)
     script = ("import os,sys; os.dup2(int(sys.argv[1]), 3); "
-              "os.environ['LISTEN_PID']=str(os.getpid()); os.environ['LISTEN_FDS']='1'; "
+              f"os.environ.update(dict.fromkeys([{names}], str(os.getpid()))); "
+              "os.environ['LISTEN_FDS']='1'; "
               "os.execv(sys.argv[2], sys.argv[2:])")
     return [sys.executable, "-c", script, str(listener_fd), *argv]
 

@@ -14,6 +14,7 @@ from typing import TextIO
 import pyseccomp
 
 from prguard.seccomp import policy_text
+from prguard.shared import confined
 from prguard.shared.seccomp_policy import Condition, Rule, SeccompPolicy, parse
 
 Variables = dict[str, int | None]
@@ -55,12 +56,14 @@ def build(policy: SeccompPolicy, variables: Variables) -> pyseccomp.SyscallFilte
 
 def lock_down(policy: SeccompPolicy, variables: Variables) -> None:
     """Build and load the filter for every thread of this process. The policy was read
-    before the process gave up its identity (its file may not be readable after)."""
+    before the process gave up its identity (its file may not be readable after). From
+    here on, errors are reported the way a confined process survives (shared.confined)."""
     try:
         flt = build(policy, variables)
         flt.load()
     except (OSError, ValueError, RuntimeError) as exc:
         raise SandboxError(f"Failed to load the seccomp filter: {exc}") from None
+    confined.install()
 
 
 def export_pfc(role: str, variables: Variables, out: TextIO) -> None:

@@ -93,9 +93,12 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
         signal.signal(sig, signal.SIG_IGN)  # the broker owns orderly shutdown
 
     def on_term(signum: int, frame: object) -> None:
+        # The broker decides when the worker ends (it finishes the requests in flight
+        # first, then closes the channel): a SIGTERM sent to the whole unit, or to this
+        # process alone, is ignored while the broker lives. It is also the parent-death
+        # signal, and then the worker has nobody left to answer.
         if os.getppid() != broker_pid:
             _die("worker: the broker died; exiting")
-        _die("worker: terminated by signal")
 
     signal.signal(signal.SIGTERM, on_term)
     _close_inherited(channel.fileno())

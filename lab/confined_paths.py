@@ -1,0 +1,150 @@
+"""Run one error or exit path of a prguard process under that process's real seccomp
+filter: `python -m lab.confined_paths ROLE PATH` (as root).
+
+The process is prepared as the broker or the worker prepares itself (the same modules
+imported, the same warm-up, the logging of the launcher, an event loop and its signal
+wake-up fd for the broker, threads started before the filter for the worker), then
+locked down with sandbox.lock_down and the role's policy file, then runs PATH. Every
+path must end with one line per report on stderr and the exit status the test expects;
+a path that reaches for a file or any other call outside the policy dies of SIGSYS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import traceback
+import warnings
+from collections.abc import Callable
+
+from prguard import logs
+from prguard.broker import main as broker_main
+from prguard.broker.server import warm_up as broker_warm_up
+from prguard.shared import fdcheck, sandbox
+from prguard.worker import main as worker_main
+
+log = logging.getLogger("prguard.test")
+
+
+class Boom(Exception):
+    """The stand-in for a bug."""
+
+
+class RaisesWhenCollected:
+    def __del__(self) -> None:
+        raise Boom("in a finalizer")
+
+
+def traceback_logged() -> None:
+    try:
+        raise Boom("caught")
+    except Boom:
+        log.exception("handled with a traceback")
+        text = traceback.format_exc()
+    assert "Boom: caught" in text, text
+
+
+def uncaught() -> None:
+    raise Boom("nobody caught this")
+
+
+def interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def unraisable() -> None:
+    obj = RaisesWhenCollected()
+    del obj
+
+
+def warning() -> None:
+    warnings.warn("a warning once confined", RuntimeWarning, stacklevel=1)
+
+
+def bad_log_call() -> None:
+    log.warning("%d requests", "not a number")
+
+
+def run_paths(*paths: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        for path in paths:
+            path()
+    return run
+
+
+def main(role: str, path: str) -> None:
+    logs.setup("prguard", 1)
+    sysfs_block = fdcheck.open_sysfs_block()
+    variables: sandbox.Variables = {"SYSFS_BLOCK_FD": sysfs_block}
+    release = threading.Event()
+    paths: dict[str, Callable[[], None]] = {
+        "traceback-logged": traceback_logged, "uncaught": uncaught, "interrupt": interrupt,
+        "unraisable": unraisable, "warning": warning, "bad-log-call": bad_log_call,
+    }
+    if role == "broker":
+        broker_warm_up(sysfs_block)
+        loop = asyncio.new_event_loop()
+        loop.set_exception_handler(broker_main._loop_exception)
+        loop.add_signal_handler(signal.SIGTERM, lambda: None)
+        variables["WAKEUP_FD"] = broker_main._wakeup_fd()
+        leaked = list(socket.socketpair())
+
+        def event_loop() -> None:
+            def fail() -> None:
+                raise Boom("in a callback")
+
+            async def failing_task() -> None:
+                raise Boom("in a task nobody awaits")
+
+            async def scenario() -> None:
+                loop.call_soon(fail)
+                future: asyncio.Future[None] = loop.create_future()
+                future.set_exception(Boom("in a future nobody awaits"))
+                task = loop.create_task(failing_task())
+                del future, task
+                await asyncio.sleep(0.05)
+
+            loop.run_until_complete(scenario())
+            gc.collect()
+
+        def leaked_socket() -> None:
+            warnings.simplefilter("always")  # as with PYTHONWARNINGS=always
+            leaked.clear()
+            gc.collect()
+
+        paths["event-loop"] = event_loop
+        paths["leaked-socket"] = leaked_socket
+    else:
+        worker_main._warm_up(sysfs_block, 1000)
+
+        def raise_later() -> None:
+            release.wait()
+            raise Boom("in a worker thread")
+
+        thread = threading.Thread(target=raise_later, name="sgio-0", daemon=True)
+        thread.start()  # as the worker's threads: before the filter
+
+        def in_thread() -> None:
+            release.set()
+            thread.join()
+
+        paths["thread"] = in_thread
+    paths["all-survivable"] = run_paths(*[paths[name] for name in (
+        "traceback-logged", "unraisable", "warning", "bad-log-call",
+        *(("event-loop", "leaked-socket") if role == "broker" else ()))])
+    run = paths[path]
+    atexit.register(os.open, "/etc/hostname", os.O_RDONLY)  # must never run
+    sandbox.lock_down(sandbox.load_seccomp_policy(role), variables)
+    run()
+    os._exit(0)  # as prguard.main.entry ends every process
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
