@@ -296,7 +296,7 @@ class Broker:
         except QemuProtocolError as exc:
             reason = exc.reason
             if exc.message:
-                log.warning("%s", exc.message)
+                log.warning("%s: %s", peer, exc.message)
             log.info("%s: closing connection: %s", peer, exc.reason)
         except asyncio.CancelledError:
             reason = "closed by prguard"

@@ -7,6 +7,7 @@ privileges; 7. serve. Any start-up error is one line on stderr and exit status 1
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     prog = argv[0] if argv else "prguard"
     name = os.path.basename(prog)
     try:
-        opts = cli.parse(argv[1:], warn=lambda text: logs.line(f"{name}:{text}"))
+        opts = cli.parse(argv[1:], warn=lambda text: logs.line(f"{name}:{text}",
+                                                                  logging.WARNING))
         if opts.help:
             logs.out(cli.usage(prog))
             return 0
