@@ -145,7 +145,7 @@ def test_worker_ignores_stop_signals_while_its_broker_lives(prguard: Helper,
     (worker,) = children(prguard.pid)
     os.kill(worker, sig)
     with Client(prguard.path) as client:
-        assert client.request(pr_in_cdb(), fd_zoo["loop"])[0] == 2  # still served
+        assert client.request(pr_in_cdb(), fd_zoo["loop"]).status == 2  # still served
     assert children(prguard.pid) == [worker]
     assert prguard.stop() == 0
     assert prguard.stderr_text() == ""

@@ -16,6 +16,7 @@ import pytest
 
 from lab.systemd_like import start, unit_setting
 from prguard.client.session import Client, pr_in_cdb
+from prguard.shared.errors import QemuProtocolError
 from prguard.shared.scsi import Sense, Status
 
 #: What SG_IO on a loop device answers (EINVAL from the loop driver): the device was
@@ -61,10 +62,10 @@ class Hammer:
         try:
             with Client(path) as client:
                 while True:
-                    status, sense, _ = client.request(pr_in_cdb(), device)
-                    self._count("reached" if (status, sense) == REACHED
-                                else f"status {status} sense {sense[:16].hex()}")
-        except (EOFError, OSError):
+                    reply = client.request(pr_in_cdb(), device)
+                    self._count("reached" if (reply.status, reply.sense) == REACHED
+                                else f"status {reply.status} sense {reply.sense[:16].hex()}")
+        except (QemuProtocolError, OSError):
             self._count("closed")
 
     def _count(self, what: str) -> None:
@@ -90,8 +91,8 @@ def test_requests_held_in_flight_are_answered_then_exit_zero(
 
         def one_request() -> None:
             with Client(service.socket_path) as client:
-                status, sense, _ = client.request(pr_in_cdb(), device)
-                results.append((status, sense))
+                reply = client.request(pr_in_cdb(), device)
+                results.append((reply.status, reply.sense))
 
         clients = [threading.Thread(target=one_request) for _ in range(6)]
         for thread in clients:
