@@ -117,6 +117,16 @@ def test_the_installed_commands_run_from_their_final_paths(destdir: Path,
     assert not os.path.exists(sock)
 
 
+def test_systemd_accepts_the_installed_units(destdir: Path) -> None:
+    """systemd-analyze verify: the syntax, and ExecStart='s program is there and
+    executable (the man page Documentation= names: the test above)."""
+    units = [f"{PREFIX}/lib/systemd/system/prguard.{kind}" for kind in ("socket", "service")]
+    verified = subprocess.run(in_installed_system(destdir, ["systemd-analyze", "verify",
+                                                            "--man=no", *units]),
+                              capture_output=True, text=True)
+    assert verified.returncode == 0 and verified.stderr == "", verified.stderr
+
+
 @pytest.fixture
 def etc_with_prguard_user(destdir: Path, tmp_path: Path) -> Path:
     """The system's passwd and group plus what the installed sysusers.d entry creates."""
