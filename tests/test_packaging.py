@@ -39,7 +39,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
 
 
 def test_the_build_warns_about_nothing(built: Built) -> None:
-    # pip's own notes on index locations of this machine's configuration are not the build's
+    # pip's notes on a configured index location that does not exist are not the build's
     lines = [line for line in built.output.splitlines() if "Location 'file:" not in line]
     assert not [line for line in lines if re.search(r"warn|deprecat", line, re.I)]
 
