@@ -109,7 +109,7 @@ SYSUSERSDIR = $(PREFIX)/lib/sysusers.d
 # The interpreter the installed environment runs on: the system's, which the service can
 # see (a pyenv or a venv under /root would be hidden from it).
 INSTALL_PYTHON = /usr/bin/python3
-STAGE = $(DESTDIR)$(LIBDIR)
+STAGE = $(abspath $(DESTDIR)$(LIBDIR))
 WHEELS := build/wheels
 PACKAGE_SOURCES := pyproject.toml README.md LICENSE \
         $(wildcard prguard/*.py broker/*.py worker/*.py shared/*.py client/*.py man/*.py \

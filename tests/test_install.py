@@ -196,9 +196,14 @@ def _uid_of(user: str, etc: Path) -> int:
     raise LookupError(user)
 
 
-def test_install_honours_prefix(tmp_path: Path) -> None:
-    installed = make("install", f"DESTDIR={tmp_path}", "PREFIX=/opt/pg")
+def test_install_honours_prefix_and_a_relative_destdir(tmp_path: Path) -> None:
+    """Packagers' DESTDIR may be relative (to the source tree) and end in a slash."""
+    relative = os.path.relpath(tmp_path, REPO) + "/"
+    installed = make("install", f"DESTDIR={relative}", "PREFIX=/opt/pg")
     assert installed.returncode == 0, installed.stderr[-2000:]
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert str(tmp_path).encode() not in path.read_bytes(), path
     prefix = tmp_path / "opt/pg"
     assert "\nExecStart=/opt/pg/bin/prguard -u prguard -g prguard\n" in \
         (prefix / "lib/systemd/system/prguard.service").read_text()
