@@ -23,8 +23,20 @@ def chunks_from(data: bytes) -> list[tuple[bytes, int]]:
     return chunks
 
 
-def qemu_stream(chunks: list[tuple[bytes, int]]) -> None:
-    """Feed `chunks` (bytes, number of fds sent with them) to a server connection."""
+def encode_chunks(chunks: list[tuple[bytes, int]]) -> bytes:
+    """The inverse of chunks_from, for inputs made by hand: FuzzedDataProvider takes
+    bytes from the front and integers from the back (one byte each for these ranges)."""
+    sizes: list[int] = []
+    for data, nfds in chunks:
+        if not (len(data) <= 64 and 0 <= nfds <= 3):
+            raise ValueError("a chunk holds at most 64 bytes and 3 fds")
+        sizes += [len(data), nfds]
+    return b"".join(data for data, _ in chunks) + bytes(reversed(sizes))
+
+
+def qemu_stream(chunks: list[tuple[bytes, int]]) -> tuple[list[int], list[int], list[int]]:
+    """Feed `chunks` (bytes, number of fds sent with them) to a server connection; the fds
+    (given, handed out with requests, returned for closing)."""
     conn = ServerConnection()
     conn.initiate()
     next_fd = 100
@@ -47,6 +59,7 @@ def qemu_stream(chunks: list[tuple[bytes, int]]) -> None:
     returned = conn.take_fds()
     if sorted(handed + returned) != sorted(given):
         raise AssertionError(f"fds lost: given {given}, handed {handed}, returned {returned}")
+    return given, handed, returned
 
 
 def channel_datagram(data: bytes) -> None:

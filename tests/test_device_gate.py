@@ -60,9 +60,30 @@ def test_a_stuck_device_cannot_take_every_thread() -> None:
 
 
 def test_parked_jobs_run_in_order_on_the_freeing_thread() -> None:
-    order: list[int] = []
-    gate = DeviceGate(per_device=1, execute=lambda j: order.append(j.request.id))
-    gate.run(job(5, 1))
-    assert order == [1]
+    started, release = threading.Event(), threading.Event()
+    ran: list[tuple[int, int]] = []  # (request id, thread)
+
+    def execute(j: Job) -> None:
+        if j.request.id == 1:
+            started.set()
+            release.wait(10)
+        ran.append((j.request.id, threading.get_ident()))
+
+    gate = DeviceGate(per_device=1, execute=execute)
+    first = threading.Thread(target=gate.run, args=(job(5, 1),))
+    first.start()
+    assert started.wait(5)  # job 1 holds device 5's only slot
+    for rid in (2, 3, 4):
+        gate.run(job(5, rid))  # parked: returns at once, runs nothing here
+    gate.run(job(6, 10))  # another device is not held up
+    assert ran == [(10, threading.get_ident())]
+    release.set()
+    first.join(5)
+    assert ran[1:] == [(rid, first.ident) for rid in (1, 2, 3, 4)]
+    gate.run(job(5, 5))  # the device is free again: runs on the caller's thread
+    assert ran[-1] == (5, threading.get_ident())
+
+
+def test_a_gate_needs_a_slot() -> None:
     with pytest.raises(ValueError):
         DeviceGate(per_device=0, execute=lambda j: None)

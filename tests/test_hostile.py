@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.hostile import KINDS, hostile_connection
+from lab.hostile import EXPECTED, KINDS, hostile_connection
 from lab.processes import (
     PRGUARD,
     REPO,
@@ -67,8 +67,13 @@ def test_thousand_hostile_connections_leave_no_fd_behind(prguard: Helper,
     time.sleep(0.2)
     baseline = (fd_count(prguard.pid), fd_count(worker))
     rng = random.Random(1234)
+    unexpected: list[tuple[int, str]] = []
     for _ in range(1000):
-        hostile_connection(prguard.path, rng.randrange(KINDS), fd_zoo)
+        kind = rng.randrange(KINDS)
+        outcome = hostile_connection(prguard.path, kind, fd_zoo)
+        if outcome != EXPECTED[kind]:
+            unexpected.append((kind, outcome))
+    assert unexpected == []  # each connection got its answer: closed, or served until left
     deadline = time.monotonic() + 10
     while (fd_count(prguard.pid), fd_count(worker)) != baseline:
         assert time.monotonic() < deadline, (baseline, fd_count(prguard.pid), fd_count(worker))

@@ -157,15 +157,23 @@ def test_one_ioctl_call_site() -> None:
     assert calls_to("ioctl") == {"worker/sgio.py"}
 
 
-def test_every_message_class_is_frozen() -> None:
+#: What a message field may hold: immutable scalars, nothing ad hoc (no dict, list, Any).
+FIELD_TYPES = {"int", "bytes", "str", "bool"}
+
+
+def test_every_message_class_is_frozen_and_plainly_typed() -> None:
     from dataclasses import fields, is_dataclass
 
     from prguard.shared import messages, qemu_protocol
+    checked = []
     for module in (messages, qemu_protocol):
         for obj in vars(module).values():
             if isinstance(obj, type) and is_dataclass(obj) and obj.__module__ == module.__name__:
                 assert obj.__dataclass_params__.frozen, obj  # type: ignore[attr-defined]
-                assert fields(obj) is not None
+                for f in fields(obj):
+                    assert f.type in FIELD_TYPES, (obj, f.name, f.type)
+                checked.append(obj.__name__)
+    assert {"SgIoRequest", "SgIoResult", "Refused", "PrRequest", "PrReply"} <= set(checked)
 
 
 def test_broad_excepts_only_at_process_boundaries() -> None:

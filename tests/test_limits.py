@@ -4,6 +4,7 @@ C helper where it has the weakness being fixed."""
 from __future__ import annotations
 
 import resource
+import select
 import socket
 import subprocess
 import tempfile
@@ -84,6 +85,90 @@ def test_a_stalled_message_is_closed_at_the_deadline_while_others_are_served(
     waited = closed_after(staller, 5)
     assert waited is not None and waited < 2.5
     staller.close()
+
+
+TRICKLE_PERIOD = 0.6  # under the 1 s deadline: a deadline that restarts at every read
+#                      would never expire
+
+
+def closed_while_trickling(sock: socket.socket, data: bytes, start: float,
+                           fds: list[int] | None = None, limit: float = 8.0) -> float | None:
+    """Send `data` one byte every TRICKLE_PERIOD seconds (the first with `fds`), watching
+    for the helper to close; seconds from `start` (the message's start) until it did, or
+    None if it had not `limit` seconds after `start`."""
+    sock.setblocking(False)
+    pending = list(data)
+    due = time.monotonic()
+    while time.monotonic() - start < limit:
+        if pending and time.monotonic() >= due:
+            try:
+                send_with_fds(sock, bytes([pending.pop(0)]), fds or [])
+            except (BrokenPipeError, ConnectionResetError):
+                return time.monotonic() - start
+            fds, due = None, due + TRICKLE_PERIOD
+        wait = max(0.0, min(due if pending else start + limit, start + limit)
+                   - time.monotonic())
+        if select.select([sock], [], [], wait)[0]:
+            try:
+                if sock.recv(4096) == b"":
+                    return time.monotonic() - start
+            except ConnectionResetError:
+                return time.monotonic() - start
+    return None
+
+
+@pytest.mark.parametrize("part", ["handshake", "cdb", "parameters"])
+def test_a_trickling_sender_is_closed_at_the_deadline_from_the_message_start(
+        quick: Helper, fd_zoo: dict[str, int], part: str) -> None:
+    """A byte every 0.6 s keeps no connection past the 1 s deadline, counted from the
+    start of the message (the handshake's from connect), not from the last byte."""
+    sock = socket.socket(socket.AF_UNIX)
+    start = time.monotonic()
+    sock.connect(quick.path)
+    assert sock.recv(4) == bytes(4)
+    if part == "handshake":
+        waited = closed_while_trickling(sock, bytes(4), start)
+    else:
+        sock.send(bytes(4))
+        time.sleep(0.3)  # idle between messages: not counted
+        start = time.monotonic()
+        if part == "cdb":
+            waited = closed_while_trickling(sock, pr_in_cdb(), start, [fd_zoo["loop"]])
+        else:
+            send_with_fds(sock, pr_out_cdb(0, 24), [fd_zoo["loop"]])
+            waited = closed_while_trickling(sock, bytes(24), start)
+    sock.close()
+    assert waited is not None, "still open 8 s after the message started"
+    assert 0.9 < waited < 1.9, waited
+
+
+def test_a_trickling_reader_is_closed_at_the_reply_deadline(quick: Helper,
+                                                            fd_zoo: dict[str, int]) -> None:
+    """Replies pile up unread until the broker's write blocks; reading a byte every 0.6 s
+    from then on does not keep the connection past the 1 s reply deadline."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(quick.path)
+    assert sock.recv(4) == bytes(4)
+    sock.send(bytes(4))
+    sock.setblocking(False)
+    give_up = time.monotonic() + 8
+    while time.monotonic() < give_up:  # until the broker stops reading our requests
+        try:
+            send_with_fds(sock, pr_in_cdb(), [fd_zoo["file"]])
+        except BlockingIOError:
+            if not select.select([], [sock], [], 0.3)[1]:
+                break
+    else:
+        pytest.fail("the broker kept reading requests whose replies nobody read")
+    start = time.monotonic()  # the broker's reply write blocked before this
+    hangup = select.poll()  # the close shows at once, however much is left unread
+    hangup.register(sock, select.POLLRDHUP)
+    while time.monotonic() - start < 8 and not hangup.poll(0):
+        sock.recv(1)
+        hangup.poll(TRICKLE_PERIOD * 1000)
+    waited = time.monotonic() - start
+    sock.close()
+    assert waited < 1.9, waited
 
 
 def test_idle_time_between_requests_is_not_limited(quick: Helper,

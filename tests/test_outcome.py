@@ -76,8 +76,12 @@ def test_unmapped_host_status_is_never_good(host: int) -> None:
     assert reply.data == b""
 
 
-def test_driver_timeout_is_busy() -> None:
-    assert map_outcome(outcome(driver=0x06), 24, pr_in=True).status == Status.BUSY
+@pytest.mark.parametrize("driver", [0x06, 0x26, 0x16, 0x02, 0x04])
+def test_driver_timeout_is_busy(driver: int) -> None:
+    """The C helper tests `driver_status & SG_ERR_DRIVER_TIMEOUT` (0x06): the suggestion
+    bits above the driver byte (0x26 = SUGGEST_RETRY | timeout) do not hide it."""
+    reply = map_outcome(outcome(driver=driver, sense=KERNEL_SENSE), 24, pr_in=True)
+    assert (reply.status, reply.sense, reply.data) == (Status.BUSY, KERNEL_SENSE, b"")
 
 
 def test_device_status_and_kernel_sense_pass_through_verbatim() -> None:

@@ -43,9 +43,11 @@ class Chunk:
     fds: tuple[int, ...] = ()
 
 
-def drive(chunks: Sequence[Chunk], split: str = "whole") -> tuple[list[Event], ServerConnection]:
-    """Feed chunks to a fresh server; `split` = whole | bytes (one byte per read)."""
-    conn = ServerConnection()
+def drive(chunks: Sequence[Chunk], split: str = "whole", conn: ServerConnection | None = None
+          ) -> tuple[list[Event], ServerConnection]:
+    """Feed chunks to a fresh server (or `conn`, to look at it after a violation);
+    `split` = whole | bytes (one byte per read)."""
+    conn = conn or ServerConnection()
     assert conn.initiate() == FEATURES
     events: list[Event] = []
     pieces: list[Chunk] = []
@@ -147,9 +149,14 @@ CLOSE_CASES: list[tuple[str, list[Chunk], str | None]] = [
                          ids=[c[0] for c in CLOSE_CASES])
 def test_violations_close_and_release_every_fd(name: str, chunks: list[Chunk],
                                                message: str | None, split: str) -> None:
+    conn = ServerConnection()
     with pytest.raises(QemuProtocolError) as err:
-        drive(chunks, split)
+        drive(chunks, split, conn)
     assert err.value.message == message
+    assert conn.state is State.ERROR
+    # every fd that came with the stream is handed back for closing, none twice
+    assert sorted(conn.take_fds()) == sorted(fd for chunk in chunks for fd in chunk.fds)
+    assert conn.take_fds() == []
 
 
 def test_violation_returns_fds_for_closing() -> None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import select
 import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from functools import partial
 from typing import NoReturn
@@ -143,6 +145,23 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
     _receive_loop(channel, sysfs_block, gate, broker_pid)  # the main thread is one more
 
 
+#: Seconds an EOF waits to tell a broker that stopped from one that died: the kernel
+#: closes a dying process's fds before it hands its children to a new parent, so just
+#: after EOF getppid() may still name a broker that is dying. A broker that stops waits
+#: for its worker to exit; a dying one is gone well within this.
+DEATH_GRACE = 0.1
+
+
+def _end_of_channel(broker_pid: int) -> NoReturn:
+    """Exit 0 if the broker closed the channel and lives on, 1 if it died."""
+    deadline = time.monotonic() + DEATH_GRACE
+    while os.getppid() == broker_pid and time.monotonic() < deadline:
+        select.poll().poll(10)  # a sleep the filter allows (no clock_nanosleep)
+    if os.getppid() != broker_pid:
+        _die("worker: the broker died; exiting")
+    os._exit(0)
+
+
 def _receive_loop(channel: socket.socket, sysfs_block: int, gate: DeviceGate,
                   broker_pid: int) -> NoReturn:
     """One of the worker's threads: receive a request, check it, run it (or park it)."""
@@ -155,9 +174,7 @@ def _receive_loop(channel: socket.socket, sysfs_block: int, gate: DeviceGate,
         except OSError as exc:
             _die(f"worker: channel read failed ({exc.strerror}); exiting")
         if got is None:
-            if os.getppid() != broker_pid:
-                _die("worker: the broker died; exiting")
-            os._exit(0)
+            _end_of_channel(broker_pid)
         datagram, fd = got
         facts = None
         if fd is not None:

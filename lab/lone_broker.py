@@ -1,0 +1,27 @@
+"""The broker alone, on a listening socket (fd argv[1]) and its end of the channel
+(fd argv[2]); the caller holds the other end and plays the worker:
+
+    python -m lab.lone_broker LISTENER_FD CHANNEL_FD
+
+This is how the tests play a compromised worker: they answer the broker's requests
+themselves. Not installed, not reachable from the QEMU socket.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+
+from prguard import logs
+from prguard.broker.main import BrokerConfig, run
+
+if __name__ == "__main__":
+    # As the launcher leaves it: stop signals held until the broker serves, no SIGPIPE.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    logs.setup("prguard", 2)  # -v: one line per request
+    code = run(socket.socket(fileno=int(sys.argv[1])), socket.socket(fileno=int(sys.argv[2])),
+               BrokerConfig(identity=None, socket_file=None, worker_pid=os.getppid()))
+    os._exit(code)
