@@ -14,6 +14,10 @@
 # (all found from sysfs), also written to $1, or to $LAB_RESULTS/lio.json when
 # LAB_RESULTS is set.  Progress/diagnostics go to stderr.
 #
+# Layout "multipath" adds, after the paths, a dm-multipath map over two of them (see MAPS);
+# its entry in the JSON is keyed by the map's name:
+#   "mpatha": {"map": "/dev/mapper/mpatha", "dm": "dm-N", "uuid": "mpath-<WWID>", "paths": [...]}
+#
 # Environment knobs: LIO_SIZE_MB (16), LIO_IMG_DIR (/run/lio), LIO_DEV_DIR (/run/lio/dev:
 # where nodes are mknod'ed when /dev lacks them), LIO_DBROOT (/run/lio/db), LIO_WAIT_S (30).
 set -euo pipefail
@@ -26,11 +30,14 @@ DBROOT="${LIO_DBROOT:-/run/lio/db}"
 WAIT_S="${LIO_WAIT_S:-30}"
 
 # LIO_LAYOUT picks what to build: "suite" (default: everything above), "fencing" (only
-# the f pair, for the demo) or "nested" (one LU n behind nA and nB, for the nested-QEMU
-# test).
+# the f pair, for the demo), "nested" (one LU n behind nA and nB, for the nested-QEMU
+# test) or "multipath": LU m behind mA and mB (one host's two paths: two initiator ports,
+# two target ports) joined by the map mpatha, and mC (a second cluster node); LU r is the
+# single-path reference with the same nodes (rA is the first host, rC the second).
 # backstore  unit serial (stable VPD 0x80 / 0x83 identifiers across runs)
 # name  target-wwn  initiator-wwn  backstore   (order matters: RTPIs are given per LU in
 # creation order)
+MAPS=()
 case "${LIO_LAYOUT:-suite}" in
   suite)
     BACKSTORES=(
@@ -62,6 +69,20 @@ case "${LIO_LAYOUT:-suite}" in
       "nA naa.50014050000041b0 naa.50014050000000b1 n"
       "nB naa.50014050000041c0 naa.50014050000000c1 n"
     ) ;;
+  multipath)
+    BACKSTORES=(
+      "m  6c1a0051-0000-4000-8000-000000000051"
+      "r  6c1a0052-0000-4000-8000-000000000052"
+    )
+    PATHS=(
+      "mA naa.50014050000051b0 naa.50014050000000b1 m"
+      "mB naa.50014050000051c0 naa.50014050000000c1 m"
+      "mC naa.50014050000051d0 naa.50014050000000d1 m"
+      "rA naa.50014050000052b0 naa.50014050000000b1 r"
+      "rC naa.50014050000052d0 naa.50014050000000d1 r"
+    )
+    # name  paths (round-robin, one I/O per path before switching)
+    MAPS=("mpatha mA mB") ;;
   *) echo "lio_setup: unknown LIO_LAYOUT ${LIO_LAYOUT}" >&2; exit 2 ;;
 esac
 
@@ -154,7 +175,6 @@ for p in "${PATHS[@]}"; do
   json+="$sep\"$name\": {\"sd\": \"$sdpath\", \"sg\": \"$sgpath\", \"hctl\": \"$hctl\", \"target_wwn\": \"$tgt\", \"initiator_wwn\": \"$ini\", \"backstore\": \"fileio_0/$bs\", \"serial\": \"$serial\"}"
   sep=", "
 done
-json+="}"
 
 # block devices: wait until the size is known (sd probe finished)
 for ((i = 0; i < WAIT_S * 10; i++)); do
@@ -163,6 +183,46 @@ for ((i = 0; i < WAIT_S * 10; i++)); do
   ((all)) && break
   sleep 0.1
 done
+
+# --- dm-multipath maps, made with dmsetup as multipath(8) would: uuid "mpath-<WWID>", the
+# WWID being what multipath-tools derives from VPD page 0x83 ("3" + the NAA designator).
+declare -A SD_OF
+if ((${#MAPS[@]})); then
+  modprobe dm_multipath && modprobe dm_round_robin || die "modprobe dm_multipath/dm_round_robin failed"
+  for p in "${PATHS[@]}"; do
+    read -r name tgt _ <<<"$p"
+    addr=$(tr -d '\n' < "$C/loopback/$tgt/tpgt_1/address")
+    SD_OF[$name]=$(ls "/sys/bus/scsi/devices/$addr:0/block" | head -n1)
+  done
+fi
+for m in "${MAPS[@]}"; do
+  read -r mname mpaths <<<"$m"
+  read -r -a members <<<"$mpaths"
+  first=${SD_OF[${members[0]}]}
+  wwid=$(tr -d '\n' < "/sys/block/$first/device/wwid")
+  [[ $wwid == naa.* ]] || die "$first: unexpected wwid '$wwid'"
+  uuid="mpath-3${wwid#naa.}"
+  sectors=$(cat "/sys/block/$first/size")
+  table="0 $sectors multipath 0 0 1 1 round-robin 0 ${#members[@]} 1"
+  slaves=""
+  for member in "${members[@]}"; do
+    sd=${SD_OF[$member]}
+    [[ $(tr -d '\n' < "/sys/block/$sd/device/wwid") == "$wwid" ]] || die "$member ($sd) is not $wwid"
+    table+=" $(cat "/sys/block/$sd/dev") 1"
+    slaves+="${slaves:+, }\"$member\""
+  done
+  if [[ ! -e /dev/mapper/$mname ]]; then
+    dmsetup create "$mname" --noudevsync --uuid "$uuid" --table "$table" \
+      || die "dmsetup create $mname failed"
+    dmsetup mknodes "$mname" >/dev/null 2>&1 || true
+  fi
+  dm=$(basename "$(readlink -f "/sys/dev/block/$(dmsetup info -c --noheadings -o major,minor --separator : "$mname")")")
+  [[ -e /dev/mapper/$mname ]] || die "/dev/mapper/$mname missing"
+  log "$mname: $dm $uuid table: $table"
+  json+="$sep\"$mname\": {\"map\": \"/dev/mapper/$mname\", \"dm\": \"$dm\", \"uuid\": \"$uuid\", \"paths\": [$slaves]}"
+  sep=", "
+done
+json+="}"
 
 if [[ -n $OUT ]]; then printf '%s\n' "$json" > "$OUT"; fi
 printf '%s\n' "$json"
