@@ -29,11 +29,45 @@ def load_seccomp_policy(role: str) -> SeccompPolicy:
     return parse(text)
 
 
+#: The values an unsigned int argument (an fd) can take, as the kernel reads it.
+UINT_LIMIT = 1 << 32
+_ALL_BITS = (1 << 64) - 1
+
+
+def at_least_blocks(low: int) -> list[tuple[int, int]]:
+    """[low, 2**32) as aligned power-of-two blocks, each a (mask, value) pair for a
+    64-bit masked compare: `arg & mask == value`. The masks include the high 32 bits, so
+    a value the kernel would truncate to a small fd matches no block. (libseccomp takes
+    one comparison per argument and rule, so a range needs one rule per block.)"""
+    if not 0 <= low < UINT_LIMIT:
+        raise ValueError(f"{low} is not an unsigned int")
+    blocks: list[tuple[int, int]] = []
+    while low < UINT_LIMIT:
+        size = low & -low if low else UINT_LIMIT
+        while low + size > UINT_LIMIT:
+            size //= 2
+        blocks.append((_ALL_BITS & ~(size - 1), low))
+        low += size
+    return blocks
+
+
 def _arg(condition: Condition) -> pyseccomp.Arg:
-    assert isinstance(condition.value, int)
+    assert isinstance(condition.value, int) and condition.op == "=="
     if condition.mask is None:
         return pyseccomp.Arg(condition.arg, pyseccomp.EQ, condition.value)
     return pyseccomp.Arg(condition.arg, pyseccomp.MASKED_EQ, condition.mask, condition.value)
+
+
+def _expand(conditions: list[Condition]) -> list[list[Condition]]:
+    """The `>=` condition (at most one per rule) as one condition list per block."""
+    plain = [c for c in conditions if c.op == "=="]
+    ranged = [c for c in conditions if c.op == ">="]
+    if not ranged:
+        return [plain]
+    (low,) = ranged
+    assert isinstance(low.value, int)
+    return [[*plain, Condition(low.arg, mask, value)]
+            for mask, value in at_least_blocks(low.value)]
 
 
 def build(policy: SeccompPolicy, variables: Variables) -> pyseccomp.SyscallFilter:
@@ -47,8 +81,8 @@ def build(policy: SeccompPolicy, variables: Variables) -> pyseccomp.SyscallFilte
         if any(c is None for c in resolved):
             continue  # its variable is not supplied: this rule allows nothing here
         try:
-            flt.add_rule(pyseccomp.ALLOW, rule.syscall,
-                         *[_arg(c) for c in resolved if c is not None])
+            for conditions in _expand([c for c in resolved if c is not None]):
+                flt.add_rule(pyseccomp.ALLOW, rule.syscall, *[_arg(c) for c in conditions])
         except (OSError, ValueError, RuntimeError) as exc:
             raise SandboxError(f"line {rule.line}: {rule}: {exc}") from None
     return flt

@@ -5,10 +5,15 @@ Grammar, one rule per line (blank lines and lines starting with '#' are comments
     default kill_process
     allow|forbid  SYSCALL  [CONDITION [and CONDITION ...]]  # why (required)
 
-    CONDITION := argN == VALUE | argN & MASK == VALUE
+    CONDITION := argN == VALUE | argN & MASK == VALUE | argN >= VALUE
     VALUE     := integer (0x.. or decimal) | $NAME
 
-`$NAME`s are filled in when a process builds its filter (a directory fd, the worker's
+`==` and `&` compare all 64 bits of the argument. `>=` is for fd arguments, which the
+kernel reads as an unsigned int: it holds when the low 32 bits are at least VALUE *and*
+the high 32 bits are zero (a plain 64-bit compare would let `0x1_0000_0002` through, which
+the kernel truncates to fd 2).
+
+`$NAME`s are filled in when a process builds its filter (an fd number, the worker's
 pid); a rule whose variable is not supplied is left out, so it allows nothing.
 """
 
@@ -29,20 +34,21 @@ class SeccompPolicyError(ValueError):
 @dataclass(frozen=True)
 class Condition:
     arg: int
-    mask: int | None  #: None for a plain `==`
+    mask: int | None  #: None for a plain `==` (and for `>=`)
     value: int | str  #: an int, or a variable name (without '$')
+    op: str = "=="  #: "==" or ">=" (an fd as the kernel reads it: see above)
 
     def resolve(self, variables: dict[str, int | None]) -> Condition | None:
         if isinstance(self.value, int):
             return self
         bound = variables.get(self.value)
-        return None if bound is None else Condition(self.arg, self.mask, bound)
+        return None if bound is None else Condition(self.arg, self.mask, bound, self.op)
 
     def __str__(self) -> str:
         value = self.value if isinstance(self.value, str) else hex(self.value)
         value = f"${value}" if isinstance(self.value, str) else value
         masked = f" & {self.mask:#x}" if self.mask is not None else ""
-        return f"arg{self.arg}{masked} == {value}"
+        return f"arg{self.arg}{masked} {self.op} {value}"
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ class SeccompPolicy:
 
 
 _NUMBER = r"(?:0x[0-9a-fA-F]+|[0-9]+|\$[A-Z_][A-Z0-9_]*)"
-_CONDITION = re.compile(rf"^arg([0-9])\s*(?:&\s*({_NUMBER})\s*)?==\s*({_NUMBER})$")
+_CONDITION = re.compile(rf"^arg([0-9])\s*(?:&\s*({_NUMBER})\s*)?(==|>=)\s*({_NUMBER})$")
 _SYSCALL = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
@@ -105,12 +111,16 @@ def parse(text: str) -> SeccompPolicy:
                 match = _CONDITION.match(part.strip())
                 if not match or int(match.group(1)) > MAX_ARG:
                     raise SeccompPolicyError(f"line {number}: bad condition {part.strip()!r}")
-                mask = match.group(2)
+                mask, op = match.group(2), match.group(3)
                 mask_value = _value(mask) if mask else None
                 if isinstance(mask_value, str):
                     raise SeccompPolicyError(f"line {number}: a mask must be a number")
+                if op == ">=" and mask_value is not None:
+                    raise SeccompPolicyError(f"line {number}: '>=' takes no mask")
                 conditions.append(Condition(int(match.group(1)), mask_value,
-                                            _value(match.group(3))))
+                                            _value(match.group(4)), op))
+        if sum(c.op == ">=" for c in conditions) > 1:
+            raise SeccompPolicyError(f"line {number}: at most one '>=' per rule")
         rules.append(Rule(words[0], words[1], tuple(conditions), why, number))
     if default is None:
         raise SeccompPolicyError("no 'default' line")

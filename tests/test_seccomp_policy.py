@@ -3,8 +3,13 @@ allowed unconditionally, malformed text is refused with its line."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+
 import pytest
 
+from lab.processes import REPO
 from prguard.shared import sandbox
 from prguard.shared.seccomp_policy import Condition, SeccompPolicyError, parse
 
@@ -78,3 +83,52 @@ def test_errors_name_the_line() -> None:
         parse("default kill_process\nallow read # fine\nallow write\n")
     with pytest.raises(SeccompPolicyError, match=r"^line 2: bad condition 'arg6 == 1'$"):
         parse("default kill_process\nallow read arg6 == 1 # why\n")
+
+
+def test_at_least_is_parsed_for_fd_arguments() -> None:
+    (rule,) = parse("default kill_process\nallow close arg0 >= $FD_BOUNDARY # why\n").rules
+    assert str(rule) == "allow close arg0 >= $FD_BOUNDARY"
+    (condition,) = rule.conditions
+    assert condition.resolve({"FD_BOUNDARY": 12}) == Condition(0, None, 12, ">=")
+    for text in ("allow close arg0 & 0xff >= 3 # a mask",
+                 "allow close arg0 >= 3 and arg1 >= 4 # two"):
+        with pytest.raises(SeccompPolicyError):
+            parse(f"default kill_process\n{text}\n")
+
+
+@pytest.mark.parametrize("low", [0, 1, 3, 13, 16, 252, 1000, 2**31 - 1, 2**31, 2**32 - 1])
+def test_at_least_blocks_cover_exactly_the_unsigned_ints_from_low(low: int) -> None:
+    blocks = sandbox.at_least_blocks(low)
+    def covered(x: int) -> bool:
+        return any(x & mask == value for mask, value in blocks)
+    for x in {0, 1, 2, low - 1, low, low + 1, low + 1000, 2**31, 2**32 - 1, 2**32,
+              2**32 + low, 2**32 + 2, 2**63, 2**64 - 1}:
+        if x >= 0:
+            assert covered(x) == (low <= x < 2**32), hex(x)
+    assert len(blocks) <= 32
+    assert all(mask >> 32 == 0xFFFFFFFF for mask, _ in blocks)  # high bits always zero
+
+
+CLOSE_PROBE = """\
+import ctypes, os, sys
+from prguard.shared import sandbox
+from prguard.shared.seccomp_policy import parse
+policy = parse("default kill_process\\nallow close arg0 >= $K # x\\nallow write # w\\n"
+               "allow exit_group # e\\n")
+libc = ctypes.CDLL(None, use_errno=True)
+sandbox.build(policy, {"K": int(sys.argv[1])}).load()
+libc.syscall(3, ctypes.c_ulong(int(sys.argv[2], 0)))
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize(("fd", "survives"), [
+    ("13", True), ("20", True), ("0x80000005", True), ("0xffffffff", True),
+    ("12", False), ("2", False), ("0", False),
+    ("0x100000002", False), ("0x10000000d", False), ("0xffffffff00000002", False)])
+def test_a_close_below_the_boundary_kills_even_with_high_bits_set(fd: str,
+                                                                  survives: bool) -> None:
+    """The kernel reads close's fd as an unsigned int: 0x1_0000_0002 is fd 2 to it."""
+    result = subprocess.run([sys.executable, "-c", CLOSE_PROBE, "13", fd], cwd=REPO,
+                            timeout=30)
+    assert result.returncode == (0 if survives else -signal.SIGSYS)
