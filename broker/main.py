@@ -2,9 +2,14 @@
 
 Order: wait for the worker to be up (if it cannot drop privileges it says so, once),
 drop to the -u/-g ids with no capability, start the event loop, listening socket,
-channel and notify socket, warm up, load the seccomp filter, tell systemd READY=1, then
-serve. Returns the exit status: 0 after an orderly stop (SIGTERM, SIGINT, SIGHUP), 1 if
-the worker failed to start or was lost.
+channel and notify socket, warm up, pin the fds the filter names (shared/fdpin.py), load
+the seccomp filter, tell systemd READY=1, then serve. Returns the exit status: 0 after an
+orderly stop (SIGTERM, SIGINT, SIGHUP), 1 if the worker failed to start or was lost.
+
+Once confined, nothing that existed at lock-down is closed (not the listener, the
+channel, the notify socket or the event loop): the policy allows closing only what came
+later. The worker learns of the end by shutdown() of the channel; the rest goes with the
+process (os._exit).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from prguard.broker.notify import Notifier
 from prguard.broker.server import Broker, warm_up
 from prguard.broker.trace import Tracer
 from prguard.broker.worker_client import WorkerClient, await_ready
-from prguard.shared import confined, fdcheck, privileges, sandbox
+from prguard.shared import confined, fdcheck, fdpin, privileges, sandbox
 from prguard.shared.privileges import Identity
 from prguard.shared.seccomp_policy import Rule, SeccompPolicy
 from prguard.shared.socket_file import SocketFile
@@ -81,18 +86,31 @@ def run(listener: socket.socket, channel: socket.socket, config: BrokerConfig) -
         _reap(config.worker_pid)
         return 1
     tracer = Tracer(config.trace_events, config.trace_sink)
-    return asyncio.run(_serve(listener, channel, config, tracer, sysfs_block, seccomp_policy,
-                              probe, notifier))
+    # Not asyncio.run: it closes the loop's fds at the end, and those are pinned.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    fdpin.hold(loop, listener, channel, notifier, config.trace_sink)
+    return loop.run_until_complete(_serve(listener, channel, config, tracer, sysfs_block,
+                                          seccomp_policy, probe, notifier))
 
 
-def _variables(config: BrokerConfig, tracer: Tracer, sysfs_block: int) -> sandbox.Variables:
+def _variables(config: BrokerConfig, tracer: Tracer, sysfs_block: int,
+               channel: socket.socket) -> sandbox.Variables:
+    """The fds (and pid) the policy names; every fd here is pinned before lock-down."""
     return {
+        "CHANNEL_FD": channel.fileno(),
         "SYSFS_BLOCK_FD": sysfs_block,
         "SOCKET_DIR_FD": config.socket_file.dir_fd if config.socket_file else None,
         "WORKER_PID": config.worker_pid,
         "TRACE_FD": tracer.fileno(),
         "WAKEUP_FD": _wakeup_fd(),
     }
+
+
+def _pin(variables: sandbox.Variables) -> sandbox.Variables:
+    """Seal the fd table below the named fds (and stderr); add FD_BOUNDARY."""
+    named = [v for k, v in variables.items() if k.endswith("_FD") and v is not None]
+    return {**variables, "FD_BOUNDARY": fdpin.seal([2, *named])}
 
 
 def _wakeup_fd() -> int | None:
@@ -123,8 +141,9 @@ async def _serve(listener: socket.socket, channel: socket.socket, config: Broker
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         warm_up(sysfs_block)
-        sandbox.lock_down(seccomp_policy, _variables(config, tracer, sysfs_block))
-    except sandbox.SandboxError as exc:
+        variables = _pin(_variables(config, tracer, sysfs_block, channel))
+        sandbox.lock_down(seccomp_policy, variables)
+    except (OSError, sandbox.SandboxError) as exc:
         log.error("%s", exc)
         notifier.close()
         broker.stop_accepting()
@@ -140,8 +159,8 @@ async def _serve(listener: socket.socket, channel: socket.socket, config: Broker
     try:
         return await _until_stopped(config, tracer, notifier, broker, worker, stop)
     finally:
-        # Blocked again before the loop closes: closing restores the default actions, and
-        # a late SIGTERM would then kill the process, a SIGINT raise KeyboardInterrupt.
+        # Blocked again: nothing handles them once the loop stops running (it is never
+        # closed: its fds are pinned), and the process ends by os._exit.
         signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
 
 
@@ -156,7 +175,6 @@ async def _until_stopped(config: BrokerConfig, tracer: Tracer, notifier: Notifie
     waiters: set[asyncio.Future[int] | asyncio.Future[str]] = {stop, worker.lost}
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     notifier.send("STOPPING=1")
-    notifier.close()
     if not worker.lost.done():
         log.info("signal %d: finishing requests in flight, then exiting", stop.result())
     broker.stop_accepting()

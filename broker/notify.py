@@ -1,7 +1,9 @@
 """sd_notify(3) for Type=notify units: READY=1 once serving, STOPPING=1 on the way out.
 
 The socket is created and connected before the seccomp filter is loaded (the policy
-has no socket/connect); afterwards sending is a plain send on a connected socket.
+has no socket/connect); afterwards sending is a plain send on a connected socket, and
+the policy allows no send with a destination address (a datagram socket would send
+there instead of to its peer, fds included with sendmsg).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ class Notifier:
             self._sock.send(state.encode())
 
     def close(self) -> None:
-        """Close explicitly: a socket left to the garbage collector is described in a
+        """Before lock-down only (once confined its fd is pinned: stop sending instead).
+        Close explicitly: a socket left to the garbage collector is described in a
         ResourceWarning, which asks the kernel for addresses the policy does not allow."""
         if self._sock is not None:
             self._sock.close()

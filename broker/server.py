@@ -239,12 +239,11 @@ class Broker:
             self._resume_accepting()
 
     def stop_accepting(self) -> None:
-        """No new clients; requests already read are finished and answered."""
-        self._stopping = True
+        """No new clients; requests already read are finished and answered. The
+        listener stays open (its fd is pinned): connections wait in its backlog until the
+        process ends."""
         self._pause_accepting()
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        self._stopping = True
 
     async def drain(self) -> None:
         """Wait until no request is between its last byte read and its reply sent."""

@@ -8,6 +8,7 @@ the protocol: that is fatal for the pair (`lost` is set), as is EOF.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import socket
@@ -139,7 +140,9 @@ class WorkerClient:
                 future.set_exception(WorkerLost(reason))
 
     def close(self) -> None:
-        """Orderly end: the worker sees EOF with its parent alive and exits 0."""
+        """Orderly end: the worker sees EOF with its parent alive and exits 0. shutdown,
+        not close: the channel's fd number is pinned (shared/fdpin.py)."""
         if self.lost is not None and not self.lost.done():
             asyncio.get_running_loop().remove_reader(self._channel.fileno())
-        self._channel.close()
+        with contextlib.suppress(OSError):  # the worker is gone already
+            self._channel.shutdown(socket.SHUT_RDWR)

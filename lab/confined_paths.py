@@ -4,9 +4,10 @@ filter: `python -m lab.confined_paths ROLE PATH` (as root).
 The process is prepared as the broker or the worker prepares itself (the same modules
 imported, the same warm-up, the logging of the launcher, an event loop and its signal
 wake-up fd for the broker, threads started before the filter for the worker), then
-locked down with sandbox.lock_down and the role's policy file, then runs PATH. Every
-path must end with one line per report on stderr and the exit status the test expects;
-a path that reaches for a file or any other call outside the policy dies of SIGSYS.
+locked down with sandbox.lock_down and the role's policy file (its fds pinned first, as
+shared/fdpin.py describes), then runs PATH. Every path must end with one line per report
+on stderr and the exit status the test expects; a path that reaches for a file or any
+other call outside the policy dies of SIGSYS.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from prguard import logs
 from prguard.broker import main as broker_main
 from prguard.broker.server import warm_up as broker_warm_up
-from prguard.shared import fdcheck, sandbox
+from prguard.shared import fdcheck, fdpin, sandbox
 from prguard.worker import main as worker_main
 
 log = logging.getLogger("prguard.test")
@@ -93,7 +94,12 @@ def main(role: str, path: str) -> None:
         loop = asyncio.new_event_loop()
         loop.set_exception_handler(broker_main._loop_exception)
         loop.add_signal_handler(signal.SIGTERM, lambda: None)
-        variables["WAKEUP_FD"] = broker_main._wakeup_fd()
+        wakeup_fd = broker_main._wakeup_fd()
+        assert wakeup_fd is not None
+        variables["WAKEUP_FD"] = wakeup_fd
+        variables["FD_BOUNDARY"] = fdpin.seal([2, sysfs_block, wakeup_fd])
+        # Above the boundary, as a client's socket is: only those may be closed once
+        # confined (what existed at lock-down is pinned, and held until the end).
         leaked = list(socket.socketpair())
 
         def event_loop() -> None:
@@ -123,6 +129,7 @@ def main(role: str, path: str) -> None:
         paths["leaked-socket"] = leaked_socket
     else:
         worker_main._warm_up(sysfs_block, 1000)
+        variables["FD_BOUNDARY"] = fdpin.seal([2, sysfs_block])
 
         def raise_later() -> None:
             release.wait()

@@ -16,7 +16,7 @@ from typing import TextIO
 
 from prguard import __version__, cli, daemon, listen, logs, trace_option
 from prguard.broker import main as broker_main
-from prguard.shared import sandbox
+from prguard.shared import fdpin, sandbox
 from prguard.shared.privileges import Identity
 from prguard.worker import main as worker_main
 
@@ -58,7 +58,7 @@ PROBE_VARIABLE = "PRGUARD_SECCOMP_PROBE"
 #: Stand-ins for the values each process fills in at start-up, in --print-seccomp output.
 PRINT_VARIABLES: dict[str, int | None] = {
     "SYSFS_BLOCK_FD": 1000, "SOCKET_DIR_FD": 1001, "TRACE_FD": 1002, "WAKEUP_FD": 1003,
-    "WORKER_PID": 99999,
+    "CHANNEL_FD": 1004, "FD_BOUNDARY": 1024, "WORKER_PID": 99999,
 }
 
 
@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     # Held back until each process has its handlers: a stop request during start-up
     # then ends in the orderly way (socket removed, exit 0), never by the default action.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    # Before anything is opened: a socket must never become fd 2, which the policies
+    # let both processes write to.
+    fdpin.ensure_standard_fds()
     argv = sys.argv if argv is None else argv
     prog = argv[0] if argv else "prguard"
     name = os.path.basename(prog)

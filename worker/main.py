@@ -24,7 +24,7 @@ from typing import NoReturn
 
 import prctl
 
-from prguard.shared import fdcheck, fdpass, privileges, sandbox
+from prguard.shared import fdcheck, fdpass, fdpin, privileges, sandbox
 from prguard.shared.errors import ChannelError
 from prguard.shared.messages import Malformed, Ready, SgIoRequest, decode
 from prguard.shared.privileges import Identity
@@ -65,15 +65,6 @@ def _send(channel: socket.socket, payload: bytes) -> None:
         _die(f"worker: cannot answer the broker ({exc.strerror}); exiting")
 
 
-def _close_inherited(channel_fd: int) -> None:
-    """The worker needs stdio and its channel; whatever else it inherited (the listening
-    socket's directory, a pidfile a parent holds locked, ...) is closed here."""
-    keep = sorted({0, 1, 2, channel_fd})
-    for low, high in zip(keep, [*keep[1:], 2**31 - 1], strict=True):
-        if high > low + 1:
-            os.closerange(low + 1, high)
-
-
 def _warm_up(sysfs_block: int, timeout_ms: int) -> None:
     """Run each code path once so nothing is imported or first-touched once confined."""
     facts = fdcheck.inspect_fd(2, sysfs_block)
@@ -103,7 +94,9 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
             _die("worker: the broker died; exiting")
 
     signal.signal(signal.SIGTERM, on_term)
-    _close_inherited(channel.fileno())
+    # The worker needs stdio and its channel; whatever else it inherited (the listening
+    # socket's directory, a pidfile a parent holds locked, ...) is closed here.
+    fdpin.close_all_but({0, 1, 2, channel.fileno()})
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     run_sg_io = partial(sgio.issue, timeout_ms=config.sg_timeout_ms)
 
@@ -126,6 +119,11 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
         if os.getppid() != broker_pid:
             _die("worker: the broker died during start-up")
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1)
+        fdpin.hold(channel)
+        variables: sandbox.Variables = {"CHANNEL_FD": channel.fileno(),
+                                        "SYSFS_BLOCK_FD": sysfs_block}
+        # While single-threaded: every fd a thread receives lands above the boundary.
+        variables["FD_BOUNDARY"] = fdpin.seal([2, channel.fileno(), sysfs_block])
         gate = DeviceGate(config.per_device, execute)
         receivers = [threading.Thread(target=_receive_loop, name=f"sgio-{i}", daemon=True,
                                       args=(channel, sysfs_block, gate, broker_pid))
@@ -133,7 +131,7 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
         for thread in receivers:  # started before the filter: no clone once confined
             thread.start()
         _warm_up(sysfs_block, config.sg_timeout_ms)
-        sandbox.lock_down(seccomp_policy, {"SYSFS_BLOCK_FD": sysfs_block})
+        sandbox.lock_down(seccomp_policy, variables)
     except (OSError, privileges.PrivilegeError, sandbox.SandboxError) as exc:
         _die(str(exc))
     if probe is not None:
