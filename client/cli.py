@@ -1,51 +1,63 @@
-"""`prguard-client`: one PERSISTENT RESERVE IN/OUT through a running helper, by hand.
+"""`prguard-client`: one PERSISTENT RESERVE IN/OUT through a running helper, by hand, with
+sg_persist's options and exit status.
 
 It does what QEMU does for a guest: opens the device itself, connects to the helper's
 socket (prguard or qemu-pr-helper: same protocol), answers the handshake, sends one CDB
 with the device fd attached and, for PR OUT, the parameter list, then reads the reply.
 
-Three parts: the command line turned into a request (arguments.py, no I/O), the
-exchange with the helper (exchange.py, over session.py's client), and the reply rendered
-for people or as JSON (render.py, no I/O). This file strings them together.
+The parts: the command line turned into a command (arguments.py, no I/O), the exchange
+with the helper (exchange.py, over session.py's client), hints for what went wrong
+(hints.py), and what to print with the exit status (render.py, exit_status.py,
+json_output.py, hexdump.py; no I/O). This file strings them together.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
-from prguard.client import decode
-from prguard.client.arguments import PROG, UsageError, parse_options
-from prguard.client.exchange import HelperError, exchange, open_device
-from prguard.client.render import ExitStatus, render
+from prguard.client import decode, hints
+from prguard.client.arguments import PROG, PrCommand, ShowVersion, UsageError, parse, wants_json
+from prguard.client.exchange import Failure, run
+from prguard.client.render import Outcome, failure_outcome, reply_outcome, usage_outcome
+
+
+def version() -> str:
+    try:
+        return metadata.version("prguard")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def pr_command(command: PrCommand) -> Outcome:
+    def log(level: int, text: str) -> None:
+        if command.verbose >= level:
+            print(f"{PROG}: {text}", file=sys.stderr)
+
+    result = run(command, log)
+    if isinstance(result, Failure):
+        return failure_outcome(command, result)
+    log(1, f"reply: status {result.status:#04x}, {len(result.data)} bytes of data")
+    log(2, f"sense {decode.sense_in_use(result.sense).hex(' ') or '(none)'}")
+    if result.data:
+        log(2, f"data {result.data.hex(' ')}")
+    facts = (hints.device_facts(command.device)
+             if hints.symptom_of_no_pass_through(result) else None)
+    found = hints.for_reply(command, result, facts)
+    return reply_outcome(command, result, found)
 
 
 def main(argv: Sequence[str]) -> int:
     try:
-        options = parse_options(argv)
+        command = parse(argv)
     except UsageError as err:
-        print(f"{PROG}: error: {err} (see --help)", file=sys.stderr)
-        return ExitStatus.USAGE
-
-    def log(level: int, text: str) -> None:
-        if options.verbose >= level:
-            print(f"{PROG}: {text}", file=sys.stderr)
-
-    try:
-        fd = open_device(options.device, options.read_only)
-        try:
-            reply = exchange(options, fd, log)
-        finally:
-            os.close(fd)
-    except HelperError as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
-        return ExitStatus.UNREACHABLE
-    log(1, f"reply: status {reply.status:#04x}, {len(reply.data)} bytes of data")
-    log(2, f"sense {decode.sense_in_use(reply.sense).hex(' ') or '(none)'}")
-    if reply.data:
-        log(2, f"data {reply.data.hex(' ')}")
-    outcome = render(options, reply)
+        outcome = usage_outcome(err, wants_json(argv))
+    else:
+        if isinstance(command, ShowVersion):
+            outcome = Outcome(0, [f"{PROG} (prguard) {version()}"], [])
+        else:
+            outcome = pr_command(command)
     for line in outcome.stdout:
         print(line)
     for line in outcome.stderr:

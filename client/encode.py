@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from prguard.client.decode import ISCSI_ISID_SEPARATOR, Protocol
+from prguard.client.decode import FIXED_TRANSPORT_ID_SIZE, ISCSI_ISID_SEPARATOR, Protocol
 from prguard.shared.scsi import CDB_SIZE, DATA_SIZE, Opcode, PrInAction, PrOutAction
 
 #: The basic PR OUT parameter list (SPC-4 6.16.3), without TransportIDs.
@@ -37,6 +37,10 @@ ISCSI_NAME_MAX = 223
 #: The name field of an iSCSI TransportID is at least 20 bytes, padded to a multiple of 4.
 _ISCSI_NAME_FIELD_MIN = 20
 _ISID_HEX = re.compile(r"[0-9a-fA-F]{12}")
+_HEX_DIGITS = re.compile(r"[0-9a-fA-F]+")
+_BYTE_SEPARATORS = re.compile(r"[ ,\t]+")
+#: Only hex digits and separators, at least one digit.
+_BYTE_LIST = re.compile(r"[0-9a-fA-F ,\t]*[0-9a-fA-F][0-9a-fA-F ,\t]*")
 
 
 class EncodeError(ValueError):
@@ -131,7 +135,7 @@ def register_and_move_parameters(key: int, sa_key: int, transport_id: bytes, *,
 
 def _fixed_transport_id(protocol: Protocol, offset: int, name: int, size: int) -> bytes:
     _check(name, 2**(8 * size) - 1, f"{protocol.name} port name")
-    tid = bytearray(24)
+    tid = bytearray(FIXED_TRANSPORT_ID_SIZE)
     tid[0] = protocol
     tid[offset:offset + size] = name.to_bytes(size, "big")
     return bytes(tid)
@@ -143,6 +147,32 @@ def sas_transport_id(address: int) -> bytes:
 
 def fc_transport_id(port_name: int) -> bytes:
     return _fixed_transport_id(Protocol.FCP, 8, port_name, 8)
+
+
+def sbp_transport_id(eui64: int) -> bytes:
+    """IEEE 1394 (SBP): the initiator's EUI-64 at bytes 8-15."""
+    return _fixed_transport_id(Protocol.SBP, 8, eui64, 8)
+
+
+def srp_transport_id(port: int) -> bytes:
+    """SRP: the 16-byte initiator port identifier at bytes 8-23."""
+    return _fixed_transport_id(Protocol.SRP, 8, port, 16)
+
+
+def spi_transport_id(scsi_address: int, relative_target_port: int) -> bytes:
+    """Parallel SCSI: SCSI address (bytes 2-3), relative port identifier (bytes 6-7)."""
+    _check(scsi_address, 0xFFFF, "SPI SCSI address")
+    _check(relative_target_port, 0xFFFF, "SPI relative port identifier")
+    tid = bytearray(FIXED_TRANSPORT_ID_SIZE)
+    tid[0] = Protocol.SPI
+    tid[2:4] = scsi_address.to_bytes(2, "big")
+    tid[6:8] = relative_target_port.to_bytes(2, "big")
+    return bytes(tid)
+
+
+def sop_transport_id(routing_id: int) -> bytes:
+    """SCSI over PCIe: the routing identifier at bytes 2-3."""
+    return _fixed_transport_id(Protocol.SOP, 2, routing_id, 2)
 
 
 def iscsi_transport_id(name: str, isid: str | None = None) -> bytes:
@@ -164,24 +194,52 @@ def iscsi_transport_id(name: str, isid: str | None = None) -> bytes:
 
 def _hex_number(text: str, what: str) -> int:
     digits = text[2:] if text.lower().startswith("0x") else text
-    try:
-        return int(digits, 16)
-    except ValueError:
-        raise EncodeError(f"{what} {text!r} is not a hex number") from None
+    if not _HEX_DIGITS.fullmatch(digits):
+        raise EncodeError(f"{what} {text!r} is not a hex number")
+    return int(digits, 16)
+
+
+def _hex_byte_list(text: str) -> bytes:
+    """sg_persist's plain form: hex bytes separated by commas or spaces (`6,0,0,0,5,0,...`),
+    zero-padded to the 24 bytes of the shortest TransportID."""
+    raw = bytearray()
+    for item in _BYTE_SEPARATORS.split(text.strip(" ,\t")):
+        if not _HEX_DIGITS.fullmatch(item) or int(item, 16) > 0xFF:
+            raise EncodeError(f"{item!r} in {text!r} is not a hex byte")
+        raw.append(int(item, 16))
+    return bytes(raw.ljust(FIXED_TRANSPORT_ID_SIZE, b"\0"))
+
+
+def _spi(rest: str) -> bytes:
+    address, sep, port = rest.partition(",")
+    if not (sep and address.isdecimal() and port.isdecimal()):
+        raise EncodeError(f"SPI TransportID {rest!r} is not ADDRESS,PORT (decimal)")
+    return spi_transport_id(int(address), int(port))
+
+
+_SYMBOLIC: dict[str, Callable[[str], bytes]] = {
+    "sas": lambda rest: sas_transport_id(_hex_number(rest, "SAS address")),
+    "fcp": lambda rest: fc_transport_id(_hex_number(rest, "FC port name")),
+    "fc": lambda rest: fc_transport_id(_hex_number(rest, "FC port name")),
+    "sbp": lambda rest: sbp_transport_id(_hex_number(rest, "EUI-64 name")),
+    "srp": lambda rest: srp_transport_id(_hex_number(rest, "SRP port identifier")),
+    "sop": lambda rest: sop_transport_id(_hex_number(rest, "SOP routing identifier")),
+    "spi": _spi,
+}
 
 
 def parse_transport_id(text: str) -> bytes:
-    """A TransportID from sg_persist-like text.
+    """A TransportID from its text, in sg_persist's forms and a few more.
 
-    `sas,ADDRESS` and `fcp,PORTNAME` take hex; an iSCSI name (`iqn.`, `eui.`, `naa.`,
-    optionally `iscsi,` in front) may end in `,i,0xISID`; `hex,BYTES` is sent as given.
+    `sas,ADDRESS`, `fcp,PORTNAME` (or `fc,`), `sbp,EUI64`, `srp,PORTID`, `sop,ROUTINGID`
+    take hex, `spi,ADDRESS,PORT` decimal; an iSCSI name (`iqn.`, `eui.`, `naa.`,
+    optionally `iscsi,` in front) may end in `,i,0xISID`; `hex,BYTES` is sent as given;
+    anything else is read as hex bytes separated by commas or spaces.
     """
     kind, sep, rest = text.partition(",")
     kind = kind.lower()
-    if sep and kind == "sas":
-        return sas_transport_id(_hex_number(rest, "SAS address"))
-    if sep and kind in ("fcp", "fc"):
-        return fc_transport_id(_hex_number(rest, "FC port name"))
+    if sep and kind in _SYMBOLIC:
+        return _SYMBOLIC[kind](rest)
     if sep and kind == "hex":
         try:
             raw = bytes.fromhex(rest.removeprefix("0x"))
@@ -191,8 +249,10 @@ def parse_transport_id(text: str) -> bytes:
             raise EncodeError("a TransportID has at least 4 bytes")
         return raw
     name = rest if sep and kind == "iscsi" else text
-    if not name.lower().startswith(("iqn.", "eui.", "naa.")):
-        raise EncodeError(f"unrecognised TransportID {text!r} (sas,HEX fcp,HEX iqn.NAME "
-                          f"hex,BYTES)")
-    base, has_isid, isid = name.partition(ISCSI_ISID_SEPARATOR)
-    return iscsi_transport_id(base, isid if has_isid else None)
+    if name.lower().startswith(("iqn.", "eui.", "naa.")):
+        base, has_isid, isid = name.partition(ISCSI_ISID_SEPARATOR)
+        return iscsi_transport_id(base, isid if has_isid else None)
+    if _BYTE_LIST.fullmatch(text):
+        return _hex_byte_list(text)
+    raise EncodeError(f"unrecognised TransportID {text!r} (sas,HEX fcp,HEX iqn.NAME "
+                      f"hex,BYTES, or hex bytes such as 6,0,0,0,...)")

@@ -1,15 +1,15 @@
-"""A reply rendered for people (the decoded data as sg_persist shows it, in words) or as
-JSON, with the exit status: pure code."""
+"""What prguard-client prints and the exit status, for a reply, a failure before one, or
+a usage error: the decoded data in words (or sg_persist's hex), one error line, hints,
+or one JSON document. Pure."""
 
 from __future__ import annotations
 
-import enum
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from prguard.client import decode
-from prguard.client.arguments import PROG, Options
+from prguard.client import decode, exit_status, hexdump
+from prguard.client.arguments import PROG, PrCommand, UsageError
 from prguard.client.decode import (
     Capabilities,
     DecodeError,
@@ -20,18 +20,19 @@ from prguard.client.decode import (
     TransportId,
     TruncatedError,
 )
+from prguard.client.exchange import Failure
+from prguard.client.exit_status import ExitStatus
+from prguard.client.json_output import PrInData, document, error_json
 from prguard.shared.qemu_protocol import PrReply
 from prguard.shared.scsi import PrInAction, Status
 
 
-class ExitStatus(enum.IntEnum):
-    GOOD = 0
-    SCSI_ERROR = 1  #: the command failed (status other than GOOD), or its data is unusable
-    USAGE = 2
-    UNREACHABLE = 3  #: device not opened, helper not reached, or no reply from it
+@dataclass(frozen=True)
+class Outcome:
+    exit_status: int
+    stdout: list[str]
+    stderr: list[str]
 
-
-PrInData = Keys | ReservationStatus | Capabilities | FullStatus
 
 DECODERS: dict[PrInAction, Callable[[bytes], PrInData]] = {
     PrInAction.READ_KEYS: decode.decode_read_keys,
@@ -60,7 +61,7 @@ def describe_transport_id(tid: TransportId) -> str:
 
 
 def text_lines(data: PrInData) -> list[str]:
-    """The decoded data as sg_persist shows it, in words."""
+    """The decoded data in words."""
     if isinstance(data, Keys):
         if not data.keys:
             return [f"PR generation {data.generation:#x}, no registered reservation keys"]
@@ -89,6 +90,10 @@ def text_lines(data: PrInData) -> list[str]:
             lines.append(f"  Supported reservation types (mask {data.type_mask:#06x}):")
             lines += [f"    {decode.type_name(t)} ({int(t)})" for t in data.types] or ["    none"]
         return lines
+    return _full_status_lines(data)
+
+
+def _full_status_lines(data: FullStatus) -> list[str]:
     if not data.registrations:
         return [f"PR generation {data.generation:#x}, no registrations"]
     lines = [f"PR generation {data.generation:#x}, {len(data.registrations)} registration(s):"]
@@ -103,54 +108,12 @@ def text_lines(data: PrInData) -> list[str]:
     return lines
 
 
-def _tid_json(tid: TransportId) -> dict[str, object]:
-    return {"protocol": tid.protocol, "protocol_name": tid.protocol_name,
-            "format_code": tid.format_code, "identifier": tid.identifier, "isid": tid.isid,
-            "hex": tid.raw.hex()}
-
-
-def data_json(data: PrInData) -> dict[str, object]:
-    """Keys as 0x strings: 64-bit values do not survive JSON readers that use doubles."""
-    if isinstance(data, Keys):
-        return {"generation": data.generation, "keys": [_key(k) for k in data.keys]}
-    if isinstance(data, ReservationStatus):
-        held = data.reservation
-        return {"generation": data.generation, "reservation": None if held is None else {
-            "key": _key(held.key), "scope": held.scope, "type": held.type,
-            "type_name": held.type_name}}
-    if isinstance(data, Capabilities):
-        return {"length": data.length, "crh": data.crh, "sip_c": data.sip_c,
-                "atp_c": data.atp_c, "ptpl_c": data.ptpl_c, "tmv": data.tmv,
-                "allow_commands": data.allow_commands, "ptpl_a": data.ptpl_a,
-                "type_mask": f"{data.type_mask:#06x}",
-                "types": [{"type": int(t), "name": decode.type_name(t)} for t in data.types]}
-    return {"generation": data.generation, "registrations": [
-        {"key": _key(r.key), "all_tg_pt": r.all_tg_pt, "reservation_holder": r.reservation_holder,
-         "scope": r.scope, "type": r.type,
-         "type_name": r.type_name if r.reservation_holder else None,
-         "relative_target_port": r.relative_target_port,
-         "transport_id": _tid_json(r.transport_id)} for r in data.registrations]}
-
-
 def describe_sense(sense: SenseData | None) -> str:
     if sense is None:
         return "no sense data"
     name = sense.asc_name or "unknown additional sense code"
     deferred = " (deferred)" if sense.deferred else ""
     return f"{sense.key_name}, {name} ({sense.code}){deferred}"
-
-
-def _sense_json(raw: bytes) -> dict[str, object] | None:
-    try:
-        sense = decode.decode_sense(raw)
-    except DecodeError as err:
-        return {"error": str(err), "hex": decode.sense_in_use(raw).hex()}
-    if sense is None:
-        return None
-    return {"key": sense.code.key, "key_name": sense.key_name, "asc": sense.code.asc,
-            "ascq": sense.code.ascq, "code": str(sense.code), "description": sense.asc_name,
-            "format": "descriptor" if sense.descriptor_format else "fixed",
-            "deferred": sense.deferred, "hex": decode.sense_in_use(raw).hex()}
 
 
 def error_line(reply: PrReply) -> str:
@@ -164,42 +127,79 @@ def error_line(reply: PrReply) -> str:
         return f"{status}: undecodable sense ({err}): {decode.sense_in_use(reply.sense).hex()}"
 
 
-@dataclass(frozen=True)
-class Outcome:
-    exit_status: ExitStatus
-    stdout: list[str]
-    stderr: list[str]
+def _errors(problem: str | None, hints: Sequence[str]) -> list[str]:
+    lines = [f"{PROG}: {problem}"] if problem else []
+    return lines + [f"{PROG}: hint: {hint}" for hint in hints]
 
 
-def render(options: Options, reply: PrReply) -> Outcome:
-    """What to print for a reply, and the exit status. Pure."""
-    action = options.request.action
+def _json(doc: dict[str, object]) -> list[str]:
+    return [json.dumps(doc, indent=2)]
+
+
+def _pr_in(command: PrCommand, code: PrInAction, raw: bytes
+           ) -> tuple[PrInData | None, list[str], str | None]:
+    """(decoded data, lines for stdout, problem) for a GOOD PR IN's data."""
+    title = command.request.action.title
+    if command.hex:  # sg_persist shows the bytes undecoded, checking only this
+        if code is PrInAction.REPORT_CAPABILITIES and raw[1:2] != bytes([8]):
+            return None, [], f"{title} data: length is not 8"
+        return None, hexdump.pr_in_hex(code, raw, command.request.allocation_length,
+                                       command.hex), None
+    try:
+        data = DECODERS[code](raw)
+    except TruncatedError as err:
+        return None, [], f"{title} data: {err}; try a larger --alloc-length"
+    except DecodeError as err:
+        return None, [], f"{title} data: {err}"
+    return data, text_lines(data), None
+
+
+def reply_outcome(command: PrCommand, reply: PrReply, hints: Sequence[str] = ()) -> Outcome:
+    """What to print for a reply, and the exit status."""
+    action = command.request.action
+    status = exit_status.of_reply(reply, action.pr_out)
     data: PrInData | None = None
     problem: str | None = None
+    kind = "scsi"
+    shown: list[str]
+    good_pr_in = reply.status == Status.GOOD and isinstance(action.code, PrInAction)
     if reply.status != Status.GOOD:
-        problem = f"{action.title}: {error_line(reply)}"
+        problem, shown = f"{action.title}: {error_line(reply)}", []
     elif isinstance(action.code, PrInAction):
-        try:
-            data = DECODERS[action.code](reply.data)
-        except TruncatedError as err:
-            problem = f"{action.title} data: {err}; try a larger --alloc-length"
-        except DecodeError as err:
-            problem = f"{action.title} data: {err}"
-    status = ExitStatus.SCSI_ERROR if problem else ExitStatus.GOOD
-    stderr = [f"{PROG}: {problem}"] if problem else []
-    if options.json:
-        document: dict[str, object] = {
-            "device": options.device, "socket": options.socket_path,
-            "action": action.option, "status": decode.status_name(reply.status),
-            "status_code": reply.status, "sense": _sense_json(reply.sense),
-            "data": None if data is None else data_json(data)}
-        if reply.data and data is None:
-            document["raw_data"] = reply.data.hex()
-        return Outcome(status, [json.dumps(document, indent=2)], stderr)
-    if data is not None:
-        return Outcome(status, text_lines(data), stderr)
-    if problem is None:
-        return Outcome(status, [f"{action.title}: {decode.status_name(reply.status)}"], stderr)
-    return Outcome(status, [], stderr)
+        data, shown, problem = _pr_in(command, action.code, reply.data)
+        if problem:
+            kind, status = "malformed", ExitStatus.MALFORMED
+    else:
+        shown = [f"{action.title}: {decode.status_name(reply.status)}"]
+    stderr = [f"{PROG}: warning: {text}" for text in command.warnings]
+    stderr += _errors(problem, hints)
+    if not command.json:
+        return Outcome(status, shown, stderr)
+    doc = document(exit_status=status, device=command.device, socket=command.socket_path,
+                   action=action.option, status=reply.status, sense=reply.sense, data=data,
+                   raw_data=reply.data if good_pr_in else None,
+                   error=error_json(kind, problem) if problem and status else None,
+                   hints=hints)
+    return Outcome(status, _json(doc), stderr)
 
 
+def failure_outcome(command: PrCommand, failure: Failure) -> Outcome:
+    """What to print when there is no reply."""
+    stderr = [f"{PROG}: warning: {text}" for text in command.warnings]
+    stderr += _errors(failure.message, failure.hints)
+    if not command.json:
+        return Outcome(failure.exit_status, [], stderr)
+    doc = document(exit_status=failure.exit_status, device=command.device,
+                   socket=command.socket_path, action=command.request.action.option,
+                   error=error_json(failure.kind, failure.message, failure.errno_name),
+                   hints=failure.hints)
+    return Outcome(failure.exit_status, _json(doc), stderr)
+
+
+def usage_outcome(error: UsageError, json_wanted: bool) -> Outcome:
+    message = f"{error} (see --help)"
+    stderr = [f"{PROG}: error: {message}"]
+    if not json_wanted:
+        return Outcome(error.status, [], stderr)
+    doc = document(exit_status=error.status, error=error_json("usage", str(error)))
+    return Outcome(error.status, _json(doc), stderr)

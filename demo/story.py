@@ -364,15 +364,16 @@ def story(prguard: Prguard) -> None:
     note("a fresh LU: no keys registered, no reservation")
 
     heading(2, "A and B each register their key through prguard")
-    client(prguard, a, "--register", "--param-sark", hexkey(KEY_A))
-    client(prguard, b, "--register", "--param-sark", hexkey(KEY_B))
+    client(prguard, a, "--out", "--register", "--param-sark", hexkey(KEY_A))
+    client(prguard, b, "--out", "--register", "--param-sark", hexkey(KEY_B))
     keys = read_keys(prguard, a)
     if sorted(keys) != sorted([KEY_A, KEY_B]):
         raise StoryError(f"expected keys A and B, READ KEYS shows {[hex(k) for k in keys]}")
     note(f"both nodes are registrants: {hexkey(KEY_A)} (A) and {hexkey(KEY_B)} (B)")
 
     heading(3, f"A reserves {WE_RO_NAME} (type {WE_RO})")
-    client(prguard, a, "--reserve", "--param-rk", hexkey(KEY_A), "--prout-type", str(WE_RO))
+    client(prguard, a, "--out", "--reserve", "--param-rk", hexkey(KEY_A), "--prout-type",
+           str(WE_RO))
     held = read_reservation(prguard, b)
     if held != Held(KEY_A, WE_RO):
         raise StoryError(f"expected A's key holding type {WE_RO}, READ RESERVATION: {held}")
@@ -398,8 +399,8 @@ def story(prguard: Prguard) -> None:
     heading(5, f"node A fails; B preempts A's key (PREEMPT, type {WE_RO})")
     say("  (fence_scsi on B: PREEMPT with B's key as RESERVATION KEY and A's as SERVICE "
         "ACTION RESERVATION KEY)")
-    client(prguard, b, "--preempt", "--param-rk", hexkey(KEY_B), "--param-sark", hexkey(KEY_A),
-           "--prout-type", str(WE_RO))
+    client(prguard, b, "--out", "--preempt", "--param-rk", hexkey(KEY_B), "--param-sark",
+           hexkey(KEY_A), "--prout-type", str(WE_RO))
     keys = read_keys(prguard, b)
     if keys != [KEY_B]:
         raise StoryError(f"expected only B's key, READ KEYS shows {[hex(k) for k in keys]}")
@@ -418,7 +419,7 @@ def story(prguard: Prguard) -> None:
         "it;")
     say("  spend it with a READ KEYS through A, so that the WRITE after it shows the "
         "conflict itself:")
-    ua = client(prguard, a, "--read-keys", expect_rc=1)
+    ua = client(prguard, a, "--read-keys", expect_rc=6)  # sg_persist's UNIT ATTENTION
     if "UNIT ATTENTION" not in ua.stderr or "registrations preempted" not in ua.stderr:
         raise StoryError(f"A's first command should get UNIT ATTENTION, REGISTRATIONS "
                          f"PREEMPTED (6/2a/05): {ua.stderr.strip()}")

@@ -10,7 +10,7 @@ import re
 
 from prguard import __version__
 from prguard.client import arguments
-from prguard.man.roff import Page, bold, italic, option
+from prguard.man.roff import Page, bold, escape, italic, option
 
 #: An epilog paragraph opening with `Heading:` becomes that section of the page.
 _HEADING = re.compile(r"([A-Z][A-Za-z ]*): *")
@@ -68,6 +68,25 @@ def _epilog(page: Page, epilog: str) -> None:
             page.paragraph(" ".join(line.strip() for line in lines))
 
 
+def _sg_persist(page: Page, parser: argparse.ArgumentParser) -> None:
+    """Every option beside sg_persist's spelling of it and what differs (a tbl table)."""
+    page.section("Compared with sg_persist")
+    page.paragraph("Each option as sg_persist(8) has it (same: the same letters and names) "
+                   "and what differs. Beyond the options:")
+    for text in arguments.SG_PERSIST_GENERAL:
+        page.tagged("\\(bu", text)
+    rows = []
+    for action in parser._actions:
+        names = (", ".join(bold(name) for name in action.option_strings)
+                 or italic(str(action.metavar or action.dest)))
+        equivalent = arguments.SG_PERSIST[_note_key(action)]
+        words = "; ".join(text for text in (equivalent.sg_persist,
+                                            equivalent.difference) if text) or "same"
+        rows.append(f"{names}@T{{\n{escape(words)}\nT}}")
+    page.raw(".PP", ".nh", ".TS", "tab(@) box;", "lb | lb", "l | lx.",
+             "Option@In sg_persist", "_", *rows, ".TE", ".hy")
+
+
 def build() -> Page:
     parser = arguments.build_parser()
     page = Page("prguard-client", 1, f"prguard {__version__}", "User Commands",
@@ -87,6 +106,7 @@ def build() -> Page:
         "deployment can be checked with the commands an administrator already knows.")
     _options(page, parser)
     _epilog(page, str(parser.epilog or ""))
+    _sg_persist(page, parser)
     page.section("See also")
     page.raw(", ".join(f"{bold(name)}({section})" for name, section in (
         ("prguard", 8), ("qemu-pr-helper", 8), ("sg_persist", 8))))
@@ -94,4 +114,5 @@ def build() -> Page:
 
 
 def render() -> str:
-    return build().text()
+    # The first line asks man(1) to run tbl(1), for the table compared with sg_persist.
+    return "'\\\" t\n" + build().text()

@@ -11,6 +11,8 @@ import pytest
 
 from lab.loopdev import detach, losetup, partition_node
 from lab.processes import C_HELPER, PRGUARD, Helper, start_helper
+from lab.scripted_helper import ScriptedHelper, Serve
+from prguard.shared.qemu_protocol import PrReply
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +90,19 @@ def c_helper(sockdir: Path) -> Iterator[Helper]:
     helper = start_helper([C_HELPER], str(sockdir / "c.sock"))
     yield helper
     helper.stop()
+
+
+@pytest.fixture
+def scripted(sockdir: Path) -> Iterator[Serve]:
+    """Starts a ScriptedHelper on a socket in `sockdir`: scripted(reply, silent=False).
+    Each must be connected to by the test; it is closed afterwards."""
+    helpers: list[ScriptedHelper] = []
+
+    def serve(reply: PrReply | None, silent: bool = False) -> ScriptedHelper:
+        helper = ScriptedHelper(str(sockdir / f"scripted{len(helpers)}.sock"), reply, silent)
+        helpers.append(helper)
+        return helper
+
+    yield serve
+    for helper in helpers:
+        helper.close()

@@ -378,6 +378,16 @@ def test_parameter_lists(params: bytes, expected: str) -> None:
     (ISCSI_PORT.decode(), ISCSI_PORT_TID),
     ("iqn.a", bytes([5, 0, 0, 20]) + b"iqn.a".ljust(20, b"\0")),  # padded to the minimum
     ("hex,0a001234" + "00" * 20, SOP_TID),
+    # sg_persist's forms
+    ("6,0,0,0,50,1,40,5f,a1,b2,c3,d4", SAS_TID),  # hex bytes, padded to 24
+    ("6 0 0 0 50 1 40 5f a1 b2 c3 d4", SAS_TID),
+    ("FCP,21000024ff123456", FC_TID),
+    ("sbp,0011223344556677", bytes([3]) + bytes(7) + bytes.fromhex("0011223344556677")
+     + bytes(8)),
+    ("srp,00112233445566778899aabbccddeeff",
+     bytes([4]) + bytes(7) + bytes.fromhex("00112233445566778899aabbccddeeff")),
+    ("spi,7,2", bytes([1, 0, 0, 7, 0, 0, 0, 2]) + bytes(16)),
+    ("sop,0a12", bytes([0xA, 0, 0x0A, 0x12]) + bytes(20)),
 ])
 def test_parse_transport_id(text: str, raw: bytes) -> None:
     assert encode.parse_transport_id(text) == raw
@@ -415,7 +425,10 @@ def test_transport_ids_round_trip(raw: bytes) -> None:
     (lambda: encode.parse_transport_id("sas,xyz"), "not a hex number"),
     (lambda: encode.parse_transport_id("hex,0a0"), "not hex bytes"),
     (lambda: encode.parse_transport_id("hex,0a00"), "at least 4 bytes"),
-    (lambda: encode.parse_transport_id("spi,1"), "unrecognised TransportID"),
+    (lambda: encode.parse_transport_id("spi,1"), "SPI TransportID '1' is not ADDRESS,PORT"),
+    (lambda: encode.parse_transport_id("xyz,1"), "unrecognised TransportID"),
+    (lambda: encode.parse_transport_id("6,0,100"), "'100' in '6,0,100' is not a hex byte"),
+    (lambda: encode.parse_transport_id("srp," + "1" * 33), "SRP port name"),
     (lambda: encode.parse_transport_id("host1"), "unrecognised TransportID"),
 ])
 def test_encode_refuses_what_does_not_fit(build: Callable[[], object], text: str) -> None:

@@ -89,6 +89,8 @@ def test_nothing_staged_names_the_staging_directory(destdir: Path) -> None:
     config = (venv / "pyvenv.cfg").read_text()
     assert re.search(r"^home = /usr/bin$", config, re.M)
     assert list(venv.rglob("prguard/__pycache__/cli.*.pyc"))
+    # the JSON Schema of prguard-client --json, shipped with the package
+    assert len(list(venv.rglob("prguard/client/output.schema.json"))) == 1
 
 
 def test_the_installed_commands_run_from_their_final_paths(destdir: Path,
@@ -105,8 +107,9 @@ def test_the_installed_commands_run_from_their_final_paths(destdir: Path,
                 "sh", "-c", f"while [ ! -S {sock} ]; do sleep 0.05; done; exec \"$@\"",
                 "sh", f"{PREFIX}/bin/prguard-client", "--socket", sock, "--json", loop_disk]),
             capture_output=True, text=True, timeout=60)
-        # SG_IO on a loop device fails with EINVAL: the whole path, answered 05/24/00.
-        assert client.returncode == 1, client.stderr
+        # SG_IO on a loop device fails with EINVAL: the whole path, answered 05/24/00
+        # (sg_persist's exit status 5, ILLEGAL REQUEST).
+        assert client.returncode == 5, client.stderr
         assert '"status": "CHECK CONDITION"' in client.stdout
         assert '"code": "05/24/00"' in client.stdout
         man = subprocess.run(in_installed_system(destdir, ["man", "-w", "prguard"]),

@@ -31,7 +31,7 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def rendered(page: Path) -> str:
     """The page as `man` shows it, in plain ASCII, without hyphenation."""
-    return subprocess.run(["groff", "-man", "-Tascii", "-P-cbou", "-rHY=0", "-rLL=200n",
+    return subprocess.run(["groff", "-t", "-man", "-Tascii", "-P-cbou", "-rHY=0", "-rLL=200n",
                            str(page)], capture_output=True, text=True, check=True).stdout
 
 
@@ -118,8 +118,8 @@ def test_client_page_takes_notes_and_the_epilog_from_the_client(pages: Path) -> 
             for title, lines in sections(rendered(pages / "prguard-client.1"))}
     for note in arguments.MAN_NOTES.values():
         assert " ".join(note.split()) in body["OPTIONS"]
-    assert "3 the device could not be opened" in body["EXIT STATUS"]
-    assert "prguard-client --register --param-sark 0x1234 /dev/sdb" in body["EXAMPLES"]
+    assert "24 RESERVATION CONFLICT" in body["EXIT STATUS"]
+    assert "prguard-client --out --register --param-sark 0x1234 /dev/sdb" in body["EXAMPLES"]
 
 
 def test_the_units_name_the_page() -> None:
