@@ -7,6 +7,7 @@ control group), and a stop done as the unit's KillMode= says.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,8 +131,10 @@ def _alive(pid: int) -> bool:
 
 def start(directory: Path, args: Sequence[str] = ("-u", "nobody", "-g", "nogroup"), *,
           journal: bool = False, watchdog_usec: int | None = None,
-          env: dict[str, str] | None = None, ready: bool = True) -> Service:
-    """Start prguard in `directory` (short: socket paths) and wait for READY=1."""
+          env: dict[str, str] | None = None, ready: bool = True,
+          preexec: Callable[[], None] | None = None) -> Service:
+    """Start prguard in `directory` (short: socket paths) and wait for READY=1.
+    `preexec` runs in the child before prguard (resource limits, a cgroup)."""
     tag = os.urandom(4).hex()
     notify_path = str(directory / f"{tag}.notify")
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -160,7 +163,8 @@ def start(directory: Path, args: Sequence[str] = ("-u", "nobody", "-g", "nogroup
     try:
         proc = subprocess.Popen(argv, pass_fds=(listener.fileno(),), env=environ,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=stderr, start_new_session=True, cwd=REPO)
+                                stderr=stderr, start_new_session=True, cwd=REPO,
+                                preexec_fn=preexec)
     finally:
         listener.close()
         if child_end is not None:
@@ -180,6 +184,43 @@ def start(directory: Path, args: Sequence[str] = ("-u", "nobody", "-g", "nogroup
             raise
         assert f"MAINPID={proc.pid}" in message, message
     return service
+
+
+@contextlib.contextmanager
+def tasks_max(limit: int) -> Iterator[Callable[[], None]]:
+    """A pids cgroup with pids.max = `limit`, as systemd makes for TasksMax=; yields the
+    preexec function that moves the child into it. cgroup v2 if the pids controller is
+    there, else the v1 pids hierarchy."""
+    name = f"prguard-test-{os.getpid()}-{os.urandom(3).hex()}"
+    v2 = Path("/sys/fs/cgroup")
+    if "pids" in _read(v2 / "cgroup.subtree_control").split():
+        group = v2 / name
+    elif (Path("/sys/fs/cgroup/pids") / "tasks").exists():
+        group = Path("/sys/fs/cgroup/pids") / name
+    else:
+        raise RuntimeError("no cgroup pids controller to emulate TasksMax=")
+    group.mkdir()
+    try:
+        (group / "pids.max").write_text(str(limit))
+
+        def join() -> None:
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+
+        yield join
+    finally:
+        for _ in range(100):  # the processes in it must have exited (and been reaped)
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def _collect(sock: socket.socket, service: Service) -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from lab.processes import REPO, activated, children, proc_status
+from lab.systemd_like import start, tasks_max, unit_setting
+from prguard import cli
+from prguard.broker.main import RESERVED_FDS
 from prguard.client.session import Client, pr_in_cdb
 
 PRGUARD_SCRIPT = str(Path(sys.executable).parent / "prguard")
@@ -79,3 +83,62 @@ def test_started_like_systemd_it_notifies_ready_once_it_serves(
         notify.close()
         os.unlink(notify_path)
         os.unlink(sock_path)
+
+
+# -- the unit's limits -------------------------------------------------------------------
+
+def exec_start_options() -> cli.Options:
+    """ExecStart='s options, but for -u/-g (whose user need not exist here)."""
+    line = unit_setting("ExecStart", UNITS / "prguard.service")
+    assert line is not None
+    words = line.split()[1:]
+    kept = [w for i, w in enumerate(words)
+            if w not in ("-u", "-g") and (i == 0 or words[i - 1] not in ("-u", "-g"))]
+    return cli.parse(kept, warn=lambda text: None)
+
+
+def unit_int(name: str) -> int:
+    value = unit_setting(name, UNITS / "prguard.service")
+    assert value is not None and value.isdigit(), (name, value)
+    return int(value)
+
+
+def test_unit_limits_are_derived_from_its_options() -> None:
+    """LimitNOFILE= lets --max-connections clients in (each: socket + device fd in
+    flight, plus the broker's own); TasksMax= lets the worker start --sg-threads."""
+    opts = exec_start_options()
+    assert unit_int("LimitNOFILE") == 2 * opts.max_connections + RESERVED_FDS
+    assert opts.sg_threads + 1 <= unit_int("TasksMax") <= opts.sg_threads + 8
+
+
+def test_with_the_units_limits_it_starts_without_a_warning_and_serves(
+        sockdir: Path, fd_zoo: dict[str, int]) -> None:
+    nofile = unit_int("LimitNOFILE")
+    with tasks_max(unit_int("TasksMax")) as join:
+        def limits() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+            join()
+
+        service = start(sockdir, preexec=limits)
+        try:
+            assert int(proc_status(service.worker())["Threads"]) == \
+                exec_start_options().sg_threads
+            with Client(service.socket_path) as client:
+                assert client.request(pr_in_cdb(), fd_zoo["loop"]).status == 2
+            assert service.stop() == 0
+            assert service.stderr_text() == ""  # no "RLIMIT_NOFILE ... allows" line
+        finally:
+            service.close()
+
+
+def test_too_low_a_tasks_max_is_one_clear_line_not_a_silent_cap(sockdir: Path) -> None:
+    with tasks_max(8) as join:
+        service = start(sockdir, ready=False, preexec=join)
+        try:
+            assert service.proc.wait(20) == 1
+            assert re.fullmatch(
+                r"prguard: worker: cannot start SG_IO thread \d+ of 16 \(can't start new "
+                r"thread\): the unit's TasksMax= \(or RLIMIT_NPROC\) must allow --sg-threads "
+                r"\+ 1 tasks\n", service.stderr_text()), service.stderr_text()
+        finally:
+            service.close()

@@ -128,8 +128,13 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
         receivers = [threading.Thread(target=_receive_loop, name=f"sgio-{i}", daemon=True,
                                       args=(channel, sysfs_block, gate, broker_pid))
                      for i in range(config.threads - 1)]
-        for thread in receivers:  # started before the filter: no clone once confined
-            thread.start()
+        for started, thread in enumerate(receivers, 1):  # no clone once confined
+            try:
+                thread.start()
+            except RuntimeError as exc:  # EAGAIN from clone: a task or process limit
+                _die(f"worker: cannot start SG_IO thread {started + 1} of {config.threads} "
+                     f"({exc}): the unit's TasksMax= (or RLIMIT_NPROC) must allow "
+                     f"--sg-threads + 1 tasks")
         _warm_up(sysfs_block, config.sg_timeout_ms)
         sandbox.lock_down(seccomp_policy, variables)
     except (OSError, privileges.PrivilegeError, sandbox.SandboxError) as exc:
