@@ -27,7 +27,10 @@ from collections.abc import Callable
 
 from prguard import logs
 from prguard.broker import main as broker_main
+from prguard.broker import metrics
+from prguard.broker.metrics_file import MetricsFile
 from prguard.broker.server import warm_up as broker_warm_up
+from prguard.broker.stats import Outcome, Stats
 from prguard.shared import fdcheck, fdpin, sandbox
 from prguard.worker import main as worker_main
 
@@ -125,6 +128,24 @@ def main(role: str, path: str) -> None:
             leaked.clear()
             gc.collect()
 
+        metrics_path = os.environ.get("PRGUARD_TEST_METRICS_FILE")
+        if metrics_path:
+            # As the broker with --metrics-file: opened, rendered and published once
+            # before the filter, then rewritten under it.
+            file = MetricsFile.create(metrics_path, None)
+            stats = Stats()
+            registry = metrics.registry_for(metrics.StatsCollector(
+                stats, "test", lambda: metrics.Gauges(1, 1)))
+            file.publish(metrics.render(registry))
+            variables.update(zip(("METRICS_DIR_FD", "METRICS_FD_A", "METRICS_FD_B"),
+                                 file.fds(), strict=True))
+
+            def publish() -> None:
+                for n in range(3):
+                    stats.request_done(0x5E, 0, Outcome.GOOD, -1, 0.001)
+                    file.publish(metrics.render(registry) + f"# {n}\n".encode())
+
+            paths["metrics"] = publish
         paths["event-loop"] = event_loop
         paths["leaked-socket"] = leaked_socket
     else:

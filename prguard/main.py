@@ -58,7 +58,8 @@ PROBE_VARIABLE = "PRGUARD_SECCOMP_PROBE"
 #: Stand-ins for the values each process fills in at start-up, in --print-seccomp output.
 PRINT_VARIABLES: dict[str, int | None] = {
     "SYSFS_BLOCK_FD": 1000, "SOCKET_DIR_FD": 1001, "TRACE_FD": 1002, "WAKEUP_FD": 1003,
-    "CHANNEL_FD": 1004, "FD_BOUNDARY": 1024, "WORKER_PID": 99999,
+    "CHANNEL_FD": 1004, "METRICS_DIR_FD": 1005, "METRICS_FD_A": 1006, "METRICS_FD_B": 1007,
+    "FD_BOUNDARY": 1024, "WORKER_PID": 99999,
 }
 
 

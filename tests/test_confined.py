@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import prctl
 import pytest
@@ -47,9 +48,11 @@ BROKER_ONLY = [
 ]
 
 
-def run_path(role: str, path: str) -> subprocess.CompletedProcess[str]:
+def run_path(role: str, path: str, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "lab.confined_paths", role, path], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60,
+                          env=None if env is None else dict(os.environ, **env))
 
 
 @pytest.mark.parametrize("role", ["broker", "worker"])
@@ -76,6 +79,17 @@ def test_broker_event_loop_and_socket_paths(path: str, expected: str) -> None:
     result = run_path("broker", path)
     assert result.returncode == 0, result
     assert re.fullmatch(expected + "\n", result.stderr), result.stderr
+
+
+def test_the_metrics_file_is_rewritten_under_the_broker_filter(tmp_path: Path) -> None:
+    """prometheus-client renders and the file is swapped into place, once confined."""
+    path = tmp_path / "prguard.prom"
+    result = run_path("broker", "metrics", {"PRGUARD_TEST_METRICS_FILE": str(path)})
+    assert (result.returncode, result.stderr) == (0, "")
+    text = path.read_text()
+    assert text.endswith("# 2\n")
+    assert ('prguard_requests_total{command="pr_in",outcome="good",sense_key="",'
+            'service_action="read_keys"} 3.0\n') in text
 
 
 def test_a_worker_thread_that_dies_ends_the_worker_with_one_line() -> None:

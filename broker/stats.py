@@ -1,0 +1,197 @@
+"""What the broker counts about its work: plain numbers, pure bookkeeping.
+
+The request path adds to an int or a Counter and puts a latency in a bucket: no
+formatting, no lock (the broker is one thread), no clock of its own (the caller passes
+the times it already has). Every few seconds the metrics file, the STATUS= line and the
+watchdog read a snapshot of these numbers.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from bisect import bisect_left
+from collections import Counter
+from dataclasses import dataclass, field
+
+from prguard.shared.scsi import Opcode, PrInAction, PrOutAction, SenseKey, Status
+
+#: Upper bounds (seconds) of the latency buckets: from a request answered by the broker
+#: alone (tens of microseconds) to one that waited for a device's SG_IO timeout.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Outcome(enum.Enum):
+    """How a request ended, as the metrics name it."""
+
+    GOOD = "good"
+    RESERVATION_CONFLICT = "reservation_conflict"
+    CHECK_CONDITION = "check_condition"  #: from the device; labelled with its sense key
+    BUSY = "busy"
+    TASK_SET_FULL = "task_set_full"
+    OTHER_STATUS = "other_status"
+    REFUSED_VALIDATION = "refused_validation"  #: the request rules, broker's or worker's
+    REFUSED_LIMIT = "refused_limit"  #: no answer from the worker within its deadline
+    WORKER_LOST = "worker_lost"  #: the worker died or broke the channel under it
+
+    @property
+    def failed(self) -> bool:
+        return self is not Outcome.GOOD
+
+
+_BY_STATUS: dict[int, Outcome] = {Status.GOOD: Outcome.GOOD, Status.RESERVATION_CONFLICT:
+              Outcome.RESERVATION_CONFLICT, Status.CHECK_CONDITION: Outcome.CHECK_CONDITION,
+              Status.BUSY: Outcome.BUSY, Status.TASK_SET_FULL: Outcome.TASK_SET_FULL}
+
+
+def device_outcome(status: int) -> Outcome:
+    """The outcome of a request the device answered."""
+    return _BY_STATUS.get(status, Outcome.OTHER_STATUS)
+
+
+def sense_key(sense: bytes) -> int:
+    """The sense key of a sense field, fixed (0x70/0x71) or descriptor (0x72/0x73) format;
+    -1 when there is none."""
+    if not sense:
+        return -1
+    code = sense[0] & 0x7F
+    if code in (0x70, 0x71) and len(sense) > 2:
+        return sense[2] & 0x0F
+    if code in (0x72, 0x73) and len(sense) > 1:
+        return sense[1] & 0x0F
+    return -1
+
+
+def command_name(opcode: int) -> str:
+    return "pr_in" if opcode == Opcode.PERSISTENT_RESERVE_IN else "pr_out"
+
+
+def service_action_name(opcode: int, action: int) -> str:
+    """`read_keys`, `register_and_move`, ...; an undefined one as `0x1f`."""
+    names = PrInAction if opcode == Opcode.PERSISTENT_RESERVE_IN else PrOutAction
+    try:
+        return names(action).name.lower()
+    except ValueError:
+        return f"{action:#04x}"
+
+
+def sense_key_name(key: int) -> str:
+    if key < 0:
+        return ""
+    try:
+        return SenseKey(key).name.lower()
+    except ValueError:
+        return f"{key:#03x}"
+
+
+@dataclass
+class Histogram:
+    """Counts per bucket (the last one is +Inf) and the sum, as Prometheus keeps them."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+
+@dataclass
+class LastError:
+    """The most recent warning or error the broker logged (for STATUS=)."""
+
+    at: float  #: wall-clock time
+    text: str
+
+
+class Stats:
+    """The broker's counters. Everything here is touched from the event loop only."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.started = time.time() if now is None else now
+        #: (opcode, service action, outcome, sense key or -1) -> requests
+        self.requests: Counter[tuple[int, int, Outcome, int]] = Counter()
+        #: opcode -> latency from the request's last byte read to its reply sent
+        self.latency: dict[int, Histogram] = {Opcode.PERSISTENT_RESERVE_IN: Histogram(),
+                                              Opcode.PERSISTENT_RESERVE_OUT: Histogram()}
+        self.in_flight = 0
+        self.connections_open = 0
+        self.connections_accepted = 0
+        #: "max_connections" | "max_per_peer" -> connections closed at once
+        self.connections_refused: Counter[str] = Counter()
+        #: connections closed in their handshake to make room for a new one
+        self.connections_evicted = 0
+        #: "message" | "reply" -> connections closed for missing that deadline
+        self.deadline_closes: Counter[str] = Counter()
+        #: "protocol" -> connections closed for a protocol violation
+        self.protocol_closes = 0
+        self.worker_deaths = 0
+        self.worker_healthy = True
+        #: carried over from the previous instance's metrics file, then this one
+        self.starts = 1
+        self.last_error: LastError | None = None
+
+    def request_done(self, opcode: int, action: int, outcome: Outcome, key: int,
+                     seconds: float) -> None:
+        """One request answered: the request path's only call, a few increments."""
+        self.requests[(opcode, action, outcome, key)] += 1
+        self.latency[opcode].observe(seconds)
+
+    @property
+    def total_requests(self) -> int:
+        return sum(self.requests.values())
+
+    @property
+    def failed_requests(self) -> int:
+        return sum(n for (_, _, outcome, _), n in self.requests.items() if outcome.failed)
+
+    def errors_by_kind(self) -> Counter[str]:
+        """Failed requests by outcome (check conditions by sense key), refused and
+        evicted connections, deadline and protocol closes, worker deaths."""
+        kinds: Counter[str] = Counter()
+        for (_, _, outcome, key), n in self.requests.items():
+            if outcome is Outcome.CHECK_CONDITION:
+                kinds[f"check_condition/{sense_key_name(key) or 'none'}"] += n
+            elif outcome.failed:
+                kinds[outcome.value] += n
+        for reason, n in self.connections_refused.items():
+            kinds[f"connection_refused/{reason}"] += n
+        if self.connections_evicted:
+            kinds["connection_evicted"] += self.connections_evicted
+        for deadline, n in self.deadline_closes.items():
+            kinds[f"deadline/{deadline}"] += n
+        if self.protocol_closes:
+            kinds["protocol_violation"] += self.protocol_closes
+        if self.worker_deaths:
+            kinds["worker_death"] += self.worker_deaths
+        return kinds
+
+
+def status_line(stats: Stats, clients: int, now: float) -> str:
+    """The one-line STATUS= summary: `serving 12 clients, 4821 requests (3 failed), last
+    error 2 min ago: ...`."""
+    text = (f"serving {clients} client{'' if clients == 1 else 's'}, "
+            f"{stats.total_requests} request{'' if stats.total_requests == 1 else 's'}")
+    failed = stats.failed_requests
+    if failed:
+        text += f" ({failed} failed)"
+    if not stats.worker_healthy:
+        text += ", WORKER NOT ANSWERING"
+    if stats.last_error is None:
+        return text + ", no errors"
+    message = stats.last_error.text
+    if len(message) > 160:
+        message = message[:159] + "…"
+    return f"{text}, last error {ago(now - stats.last_error.at)} ago: {message}"
+
+
+def ago(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
