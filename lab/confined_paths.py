@@ -100,7 +100,27 @@ def main(role: str, path: str) -> None:
         wakeup_fd = broker_main._wakeup_fd()
         assert wakeup_fd is not None
         variables["WAKEUP_FD"] = wakeup_fd
-        variables["FD_BOUNDARY"] = fdpin.seal([2, sysfs_block, wakeup_fd])
+        metrics_path = os.environ.get("PRGUARD_TEST_METRICS_FILE")
+        if metrics_path:
+            # As the broker with --metrics-file: opened, rendered and published once
+            # before the filter, then rewritten under it.
+            file = MetricsFile.create(metrics_path, None)
+            stats = Stats()
+            registry = metrics.registry_for(metrics.StatsCollector(
+                stats, "test", lambda: metrics.Gauges(1, 1)))
+            file.publish(metrics.render(registry))
+            variables.update(zip(("METRICS_DIR_FD", "METRICS_FD_A", "METRICS_FD_B"),
+                                 file.fds(), strict=True))
+
+            def publish() -> None:
+                for n in range(3):
+                    stats.request_done(0x5E, 0, Outcome.GOOD, -1, 0.001)
+                    file.publish(metrics.render(registry) + f"# {n}\n".encode())
+
+            paths["metrics"] = publish
+        variables["FD_BOUNDARY"] = fdpin.seal(
+            [2, sysfs_block, wakeup_fd, *(v for k, v in variables.items()
+                                          if k.startswith("METRICS") and v is not None)])
         # Above the boundary, as a client's socket is: only those may be closed once
         # confined (what existed at lock-down is pinned, and held until the end).
         leaked = list(socket.socketpair())
@@ -128,24 +148,6 @@ def main(role: str, path: str) -> None:
             leaked.clear()
             gc.collect()
 
-        metrics_path = os.environ.get("PRGUARD_TEST_METRICS_FILE")
-        if metrics_path:
-            # As the broker with --metrics-file: opened, rendered and published once
-            # before the filter, then rewritten under it.
-            file = MetricsFile.create(metrics_path, None)
-            stats = Stats()
-            registry = metrics.registry_for(metrics.StatsCollector(
-                stats, "test", lambda: metrics.Gauges(1, 1)))
-            file.publish(metrics.render(registry))
-            variables.update(zip(("METRICS_DIR_FD", "METRICS_FD_A", "METRICS_FD_B"),
-                                 file.fds(), strict=True))
-
-            def publish() -> None:
-                for n in range(3):
-                    stats.request_done(0x5E, 0, Outcome.GOOD, -1, 0.001)
-                    file.publish(metrics.render(registry) + f"# {n}\n".encode())
-
-            paths["metrics"] = publish
         paths["event-loop"] = event_loop
         paths["leaked-socket"] = leaked_socket
     else:
