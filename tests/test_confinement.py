@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from lab.inject import (
     unix_sockets,
 )
 from lab.processes import PRGUARD, REPO, children, wait_for_path, wait_for_service
+from prguard.client.session import pr_out_cdb, send_with_fds
 
 
 class Pair:
@@ -232,3 +234,61 @@ def test_broker_sendmsg_elsewhere_is_fatal(pair: Pair, target: str) -> None:
 def test_worker_sendmsg_elsewhere_is_fatal(pair: Pair) -> None:
     with Injector(pair.worker) as inj:
         assert killed_by_sigsys(inj, "sendmsg", 2, msghdr(inj, b"x"), 0)
+
+
+# -- memory: anonymous only -------------------------------------------------------------
+
+PROT_READ_WRITE, MAP_SHARED = 0x3, 0x1
+
+
+def held_disk_fd(pair: Pair, loop_disk: str) -> tuple[socket.socket, int]:
+    """Make the broker hold a client's device fd: a PR OUT whose parameter list is
+    withheld keeps it there (until the message deadline). The client and the fd number."""
+    client = socket.socket(socket.AF_UNIX)
+    client.connect(pair.path)
+    assert client.recv(4) == bytes(4)
+    client.send(bytes(4))
+    fd = os.open(loop_disk, os.O_RDWR)
+    send_with_fds(client, pr_out_cdb(0, 24), [fd])  # and no parameter list
+    os.close(fd)
+    deadline = time.monotonic() + 3
+    while True:
+        held = [n for n, t in fd_table(pair.pid).items() if t == loop_disk]
+        if held:
+            return client, held[0]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("how", ["mmap", "read", "pread64", "write"])
+def test_broker_cannot_read_or_write_a_clients_disk(pair: Pair, loop_disk: str,
+                                                    how: str) -> None:
+    """The issue's attack: hold a client's device fd, map it shared and writable,
+    overwrite sector 0. Nor can it read or write the fd with plain system calls."""
+    with open(loop_disk, "rb") as disk:
+        sector0 = disk.read(512)
+    client, held = held_disk_fd(pair, loop_disk)
+    with Injector(pair.pid) as inj:  # its own scratch memory is an anonymous mapping
+        buf = inj.put(bytes(512))
+        call = {"mmap": ("mmap", 0, 4096, PROT_READ_WRITE, MAP_SHARED, held, 0),
+                "read": ("read", held, buf, 512), "pread64": ("pread64", held, buf, 512, 0),
+                "write": ("write", held, buf, 512)}[how]
+        assert killed_by_sigsys(inj, *call)
+    client.close()
+    with open(loop_disk, "rb") as disk:
+        assert disk.read(512) == sector0
+
+
+def test_worker_cannot_map_a_file(pair: Pair) -> None:
+    with Injector(pair.worker) as inj:
+        assert killed_by_sigsys(inj, "mmap", 0, 4096, PROT_READ_WRITE, MAP_SHARED, 2, 0)
+
+
+@pytest.mark.parametrize("role", ["broker", "worker"])
+def test_no_memory_becomes_executable(pair: Pair, role: str) -> None:
+    pid = pair.pid if role == "broker" else pair.worker
+    with Injector(pid) as inj:
+        address = inj.call("mmap", 0, 4096, PROT_READ_WRITE, 0x22, -1, 0)  # PRIVATE|ANON
+        assert address > 0
+        assert inj.call("mprotect", address, 4096, 0x1) == 0  # read-only: allowed
+        assert killed_by_sigsys(inj, "mprotect", address, 4096, 0x5)  # READ|EXEC
