@@ -57,6 +57,8 @@ class StatsCollector(Collector):
                                  labels=["version"])
         info.add_metric([self._version], 1)
         yield info
+        yield GaugeMetricFamily("prguard_up", "1 while prguard serves; 0 in the last file "
+                                "it writes on its way out", value=int(stats.serving))
         yield GaugeMetricFamily("prguard_start_time_seconds",
                                 "When this prguard started (Unix time)", value=stats.started)
         yield CounterMetricFamily("prguard_starts", "prguard starts with this metrics file, "

@@ -128,6 +128,8 @@ class Stats:
         self.protocol_closes = 0
         self.worker_deaths = 0
         self.worker_healthy = True
+        #: False once the broker is on its way out (the last file it writes says so)
+        self.serving = True
         #: carried over from the previous instance's metrics file, then this one
         self.starts = 1
         self.last_error: LastError | None = None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from prguard.client import encode
+from prguard.client.daemon_status import DEFAULT_METRICS_FILE, DEFAULT_UNIT
 from prguard.client.exit_status import ExitStatus
 from prguard.shared.scsi import DATA_SIZE, PrInAction, PrOutAction
 
@@ -149,6 +150,9 @@ SG_PERSIST: dict[str, Equivalent] = {
     "--socket": OWN,
     "--timeout": OWN,
     "--json": OWN,
+    "--daemon-status": OWN,
+    "--metrics-file": OWN,
+    "--unit": OWN,
 }
 #: Beyond the options: what differs in every run.
 SG_PERSIST_GENERAL = (
@@ -179,7 +183,16 @@ MAN_NOTES: dict[str, str] = {
                       "SPEC_I_PT; --register-move takes exactly one.",
     "--json": "One JSON document on stdout in every case, errors included; its shape is "
               "described by the JSON Schema client/output.schema.json in the source and "
-              "installed with the package.",
+              "installed with the package (client/daemon_status.schema.json for "
+              "--daemon-status).",
+    "--daemon-status": "Needs no root and opens no socket: it reads the metrics file "
+                       "prguard writes every few seconds (--metrics-file of prguard) and, "
+                       "when systemd runs prguard, the unit's state and STATUS= line "
+                       "(systemctl show). Prints the version, uptime, clients, requests "
+                       "and errors by kind. Exit status 0 when prguard serves and its "
+                       "worker answers, 3 when it is stopped, 4 when it runs but its worker "
+                       "does not answer or its file is not being written, or when there is "
+                       "nothing to read.",
 }
 
 EPILOG = f"""\
@@ -243,7 +256,16 @@ class ShowVersion:
     """-V: the version, all else ignored (as sg_persist does)."""
 
 
-Command = PrCommand | ShowVersion
+@dataclass(frozen=True)
+class DaemonStatusCommand:
+    """--daemon-status: what the running prguard publishes about itself."""
+
+    metrics_file: str
+    unit: str
+    json: bool
+
+
+Command = PrCommand | ShowVersion | DaemonStatusCommand
 
 
 # -- numbers, as sg_persist reads them ----------------------------------------------------
@@ -377,6 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print one JSON document on stdout, errors included")
     other.add_argument("-v", "--verbose", action="count", default=0,
                        help="show the bytes exchanged on stderr (-vv: data and sense too)")
+    daemon = parser.add_argument_group("the running prguard")
+    daemon.add_argument("--daemon-status", action="store_true",
+                        help="what the running prguard says about itself (no DEVICE)")
+    daemon.add_argument("--metrics-file", metavar="PATH", default=DEFAULT_METRICS_FILE,
+                        help=f"the file prguard's --metrics-file names (default "
+                             f"{DEFAULT_METRICS_FILE})")
+    daemon.add_argument("--unit", metavar="NAME", default=DEFAULT_UNIT,
+                        help=f"its systemd unit, if systemd runs it (default {DEFAULT_UNIT})")
     return parser
 
 
@@ -556,6 +586,10 @@ def parse(argv: Sequence[str], environ: dict[str, str] | None = None) -> Command
     args = build_parser().parse_args(underscores_as_dashes(argv))
     if args.version:
         return ShowVersion()
+    if args.daemon_status:
+        return _daemon_status(args)
+    if args.metrics_file != DEFAULT_METRICS_FILE or args.unit != DEFAULT_UNIT:
+        raise _contradiction("--metrics-file and --unit go with --daemon-status")
     device = _device(args)
     if args.hex and args.json:
         raise _contradiction("--hex and --json exclude each other")
@@ -568,3 +602,15 @@ def parse(argv: Sequence[str], environ: dict[str, str] | None = None) -> Command
                      read_only=_read_only(args, request.action, environ),
                      timeout=args.timeout, json=args.json, hex=args.hex,
                      verbose=args.verbose, warnings=tuple(warnings))
+
+
+def _daemon_status(args: argparse.Namespace) -> DaemonStatusCommand:
+    """--daemon-status takes no DEVICE and no option of a PR command."""
+    pr_options = [name for name, given in (
+        ("DEVICE", args.device is not None or args.device_option is not None),
+        ("--in", args.pr_in), ("--out", args.pr_out), ("an action", bool(args.actions)),
+        ("--hex", args.hex > 0), ("--readonly", args.readonly > 0),
+        ("--verbose", args.verbose > 0)) if given]
+    if pr_options:
+        raise _contradiction(f"--daemon-status takes no {', '.join(pr_options)}")
+    return DaemonStatusCommand(args.metrics_file, args.unit, args.json)

@@ -17,10 +17,24 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from prguard.client import decode, hints
-from prguard.client.arguments import PROG, PrCommand, ShowVersion, UsageError, parse, wants_json
+from prguard.client import daemon_status, decode, hints
+from prguard.client.arguments import (
+    PROG,
+    DaemonStatusCommand,
+    PrCommand,
+    ShowVersion,
+    UsageError,
+    parse,
+    wants_json,
+)
 from prguard.client.exchange import Failure, run
-from prguard.client.render import Outcome, failure_outcome, reply_outcome, usage_outcome
+from prguard.client.render import (
+    Outcome,
+    daemon_status_outcome,
+    failure_outcome,
+    reply_outcome,
+    usage_outcome,
+)
 
 
 def version() -> str:
@@ -56,6 +70,9 @@ def main(argv: Sequence[str]) -> int:
     else:
         if isinstance(command, ShowVersion):
             outcome = Outcome(0, [f"{PROG} (prguard) {version()}"], [])
+        elif isinstance(command, DaemonStatusCommand):
+            outcome = daemon_status_outcome(
+                command, daemon_status.gather(command.metrics_file, command.unit))
         else:
             outcome = pr_command(command)
     for line in outcome.stdout:

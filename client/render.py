@@ -8,8 +8,9 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from prguard.client import decode, exit_status, hexdump
-from prguard.client.arguments import PROG, PrCommand, UsageError
+from prguard.client import daemon_status, decode, exit_status, hexdump
+from prguard.client.arguments import PROG, DaemonStatusCommand, PrCommand, UsageError
+from prguard.client.daemon_status import DaemonStatus
 from prguard.client.decode import (
     Capabilities,
     DecodeError,
@@ -203,3 +204,14 @@ def usage_outcome(error: UsageError, json_wanted: bool) -> Outcome:
         return Outcome(error.status, [], stderr)
     doc = document(exit_status=error.status, error=error_json("usage", str(error)))
     return Outcome(error.status, _json(doc), stderr)
+
+
+def daemon_status_outcome(command: DaemonStatusCommand, status: DaemonStatus) -> Outcome:
+    """--daemon-status: the status in words (or one JSON document), and its verdict's
+    exit status."""
+    _, code = status.verdict
+    problem = daemon_status.problem(status)
+    if command.json:
+        return Outcome(code, _json(daemon_status.json_document(status)), [])
+    return Outcome(code, daemon_status.text_lines(status),
+                   [] if problem is None else [f"{PROG}: {problem}"])

@@ -110,6 +110,7 @@ def test_the_text_names_every_count() -> None:
     assert found[("prguard_start_time_seconds", ())] == 1_700_000_000.0
     assert found[("prguard_build_info", (("version", "9.9"),))] == 1
     assert found[("prguard_requests_in_flight", ())] == 0
+    assert found[("prguard_up", ())] == 1
 
 
 def test_counters_carry_over_through_the_file() -> None:
