@@ -20,7 +20,7 @@ FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 120
 
 .PHONY: all deps venv lint typecheck pytest fuzz-short fuzz soak test run demo clean bench \
-        build install uninstall man
+        build install uninstall man mutate
 
 all: build
 
@@ -72,6 +72,12 @@ soak: venv
 	kill $$pid; wait $$pid; losetup -d $$dev; rm -f $$disk; exit $$status
 
 test: lint typecheck pytest fuzz-short
+
+# One-line bugs put into a copy of the tree, each to be caught by the tests named for it
+# (lab/mutations.toml, docs/TESTING.md): all of them; make test runs the fast ones
+# (tests/test_mutations.py). MUTATE_ARGS: e.g. --slow, --keep, or mutation names.
+mutate: venv
+	$(BIN)/python -m lab.mutate $(MUTATE_ARGS)
 
 # prguard vs qemu-pr-helper vs a raw SG_IO ioctl, host and lab guest (bench/README.md).
 # BENCH_ARGS: e.g. --no-lab, --rounds 5, --duration 3.

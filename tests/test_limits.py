@@ -92,7 +92,7 @@ TRICKLE_PERIOD = 0.6  # under the 1 s deadline: a deadline that restarts at ever
 
 
 def closed_while_trickling(sock: socket.socket, data: bytes, start: float,
-                           fds: list[int] | None = None, limit: float = 8.0) -> float | None:
+                           fds: list[int] | None = None, limit: float = 4.0) -> float | None:
     """Send `data` one byte every TRICKLE_PERIOD seconds (the first with `fds`), watching
     for the helper to close; seconds from `start` (the message's start) until it did, or
     None if it had not `limit` seconds after `start`."""
@@ -138,7 +138,7 @@ def test_a_trickling_sender_is_closed_at_the_deadline_from_the_message_start(
             send_with_fds(sock, pr_out_cdb(0, 24), [fd_zoo["loop"]])
             waited = closed_while_trickling(sock, bytes(24), start)
     sock.close()
-    assert waited is not None, "still open 8 s after the message started"
+    assert waited is not None, "still open 4 s after the message started"
     assert 0.9 < waited < 1.9, waited
 
 
