@@ -8,7 +8,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,7 @@ LOADGEN_SRC = BENCH / "loadgen.c"
 LOADGEN = BUILD / "loadgen"
 RESULTS = BENCH / "results"
 C_HELPER = processes.C_HELPER
-# the console script next to this interpreter (as `make` installs it), else -m prguard
-_SCRIPT = Path(sys.executable).parent / "prguard"
-PRGUARD: list[str] = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "prguard"]
+PRGUARD = processes.INSTALLED_PRGUARD
 HELPERS: dict[str, list[str]] = {"prguard": PRGUARD, "c": [C_HELPER]}
 TARGETS = ("prguard", "c", "raw")
 LABELS = {"prguard": "prguard", "c": "qemu-pr-helper", "raw": "raw SG_IO"}

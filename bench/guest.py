@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.common import HELPERS, TARGETS, Load, machine, run_loadgen, start_helper, summarize
-from lab.guest_suite import LIO_SETUP, quiesce_udev
+from lab import lio
 
 GOOD = 0
 #: (op, clients): READ KEYS alone and concurrently; REGISTER then unregister (one
@@ -28,14 +27,13 @@ CASES = (("readkeys", 1), ("readkeys", 8), ("regpair", 1))
 def main(rounds: int, duration: float, warmup: float) -> int:
     out_dir = Path(os.environ.get("LAB_RESULTS", "."))
     t0 = time.monotonic()
-    lio = subprocess.run(["bash", str(LIO_SETUP), str(out_dir / "lio.json")],
-                         capture_output=True, text=True, check=False)
-    (out_dir / "lio_setup.log").write_text(lio.stderr)
-    if lio.returncode:
-        print(f"lio_setup.sh exited {lio.returncode}", file=sys.stderr)
+    try:
+        devices = lio.set_up("suite", out_dir / "lio.json", out_dir / "lio_setup.log")
+    except lio.LioError as exc:
+        print(exc, file=sys.stderr)
         return 1
-    udev = quiesce_udev()
-    device = json.loads((out_dir / "lio.json").read_text())["pS"]["sd"]
+    udev = lio.quiesce_udev()
+    device = devices["pS"]["sd"]
     setup_s = time.monotonic() - t0
     helpers = {name: start_helper(name, f"/tmp/bench-{name}.sock") for name in HELPERS}
     raw: dict[str, dict[str, list[Load]]] = {t: {f"{op}/{n}": [] for op, n in CASES}

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import grp
 import io
-import json
 import os
 import pwd
 import re
@@ -38,7 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.guest_suite import LIO_SETUP, dd_write, quiesce_udev
+from lab import lio
+from lab.lio import dd_write, quiesce_udev
 from lab.processes import children, proc_status, stop_process, wait_for_path, wait_for_service
 from prguard.client import cli as client_cli
 
@@ -314,12 +314,10 @@ def dmesg() -> list[str]:
 # -- the story --------------------------------------------------------------------------
 
 def set_up_lio() -> tuple[Node, Node]:
-    lio = subprocess.run(["bash", str(LIO_SETUP)], capture_output=True, text=True,
-                         timeout=180, check=False,
-                         env={**os.environ, "LIO_LAYOUT": "fencing"})  # only the f pair
-    if lio.returncode != 0:
-        raise StoryError(f"lio_setup.sh exited {lio.returncode}: {lio.stderr[-2000:]}")
-    devices: dict[str, dict[str, str]] = json.loads(lio.stdout)
+    try:
+        devices = lio.set_up("fencing")  # only the f pair
+    except lio.LioError as exc:
+        raise StoryError(str(exc)) from None
     nodes = []
     for name, key in (("A", KEY_A), ("B", KEY_B)):
         d = devices[f"f{name}"]

@@ -292,7 +292,47 @@ def run_in_guest(
         raise ValueError("timeout must be > 0")
     kern = kernel if kernel is not None else find_kernel()
     vng = find_vng()
+    wd = _work_dir(work_dir)
+    wrapper = _write_script(wd, script, interpreter)
+    cmd = [
+        vng, "--run", str(kern.image), *vng_args,
+        f"--rwdir={wd}", *(("--verbose",) if verbose_console else ()), *extra_vng_args,
+        "--exec", f"/bin/sh {wrapper}",
+    ]
+    run = _boot(cmd, wd, timeout)
+    rc_text = _read(wd / "rc").strip()
+    result = GuestResult(
+        returncode=int(rc_text) if rc_text.lstrip("-").isdigit() else None,
+        stdout=_read(wd / "stdout"),
+        stderr=_read(wd / "stderr"),
+        results_dir=wd / "results",
+        work_dir=wd,
+        console=_read(wd / "console.log"),
+        boot_to_command_s=run.boot_to_command_s,
+        total_s=run.total_s,
+        timed_out=run.timed_out,
+        vng_returncode=run.vng_returncode,
+        command=cmd,
+    )
+    if run.timed_out:
+        raise GuestTimeoutError(
+            f"guest did not finish within {timeout:.0f} s (VM killed); script "
+            f"{'started' if run.boot_to_command_s is not None else 'never started'}; "
+            f"work dir {wd}",
+            result,
+        )
+    if result.returncode is None:
+        tail = "\n".join(result.console.splitlines()[-30:])
+        raise GuestFailedError(
+            f"VM exited (vng rc {run.vng_returncode}) without the script reporting an exit "
+            f"code; work dir {wd}; console tail:\n{tail}",
+            result,
+        )
+    return result
 
+
+def _work_dir(work_dir: Path | str | None) -> Path:
+    """The host directory shared with the guest, with its empty results/ in it."""
     if work_dir is None:
         wd = Path(tempfile.mkdtemp(prefix="labvm-"))
     else:
@@ -303,24 +343,34 @@ def run_in_guest(
     wd = wd.resolve()
     if re.search(r"[\s'\"\\$`=,]", str(wd)):
         raise LabVMError(f"work_dir path {wd!s} must not contain whitespace/quotes/=/,")
-    results = wd / "results"
-    results.mkdir()
+    (wd / "results").mkdir()
+    return wd
+
+
+def _write_script(wd: Path, script: str, interpreter: Sequence[str]) -> Path:
+    """The script and the wrapper that runs it in the guest; the wrapper's path."""
     (wd / "script").write_text(script)
     interp = " ".join(shlex.quote(a) for a in interpreter)
     wrapper = wd / "wrapper.sh"
     wrapper.write_text(_WRAPPER.format(w=shlex.quote(str(wd)), interp=interp))
     wrapper.chmod(0o755)
+    return wrapper
 
-    cmd = [
-        vng, "--run", str(kern.image), *vng_args,
-        f"--rwdir={wd}", *(("--verbose",) if verbose_console else ()), *extra_vng_args,
-        "--exec", f"/bin/sh {wrapper}",
-    ]
-    console_path = wd / "console.log"
+
+@dataclass(frozen=True)
+class _Boot:
+    vng_returncode: int | None
+    timed_out: bool
+    total_s: float
+    boot_to_command_s: float | None
+
+
+def _boot(cmd: list[str], wd: Path, timeout: float) -> _Boot:
+    """Run vng until the VM is gone, or kill it (and every descendant) at `timeout`."""
     t0 = time.monotonic()
     t_started: float | None = None
     timed_out = False
-    with open(console_path, "wb") as console:
+    with open(wd / "console.log", "wb") as console:
         proc = subprocess.Popen(
             cmd, cwd=wd, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -348,34 +398,8 @@ def run_in_guest(
     total = time.monotonic() - t0
     if t_started is None and (wd / "started").exists():
         t_started = total + t0  # appeared at the very end: best estimate
-    rc_text = _read(wd / "rc").strip()
-    result = GuestResult(
-        returncode=int(rc_text) if rc_text.lstrip("-").isdigit() else None,
-        stdout=_read(wd / "stdout"),
-        stderr=_read(wd / "stderr"),
-        results_dir=results,
-        work_dir=wd,
-        console=_read(console_path),
-        boot_to_command_s=None if t_started is None else t_started - t0,
-        total_s=total,
-        timed_out=timed_out,
-        vng_returncode=proc.returncode,
-        command=cmd,
-    )
-    if timed_out:
-        raise GuestTimeoutError(
-            f"guest did not finish within {timeout:.0f} s (VM killed); "
-            f"script {'started' if t_started is not None else 'never started'}; work dir {wd}",
-            result,
-        )
-    if result.returncode is None:
-        tail = "\n".join(result.console.splitlines()[-30:])
-        raise GuestFailedError(
-            f"VM exited (vng rc {proc.returncode}) without the script reporting an exit code; "
-            f"work dir {wd}; console tail:\n{tail}",
-            result,
-        )
-    return result
+    return _Boot(proc.returncode, timed_out, total,
+                 None if t_started is None else t_started - t0)
 
 
 def run_python_in_guest(

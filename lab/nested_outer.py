@@ -38,13 +38,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from lab import lio
 from lab.nested_qmp import QMP
-from lab.processes import wait_for_path, wait_for_service
+from lab.processes import INSTALLED_PRGUARD, wait_for_path, wait_for_service
 
-HERE = Path(__file__).resolve().parent
-LIO_SETUP = HERE / "lio_setup.sh"
-_SCRIPT = Path(sys.executable).parent / "prguard"
-PRGUARD: list[str] = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "prguard"]
+PRGUARD = INSTALLED_PRGUARD
 PR_SOCK = "/tmp/nested-pr.sock"
 # spare helpers, started ahead (see step 4) and moved onto PR_SOCK by rename
 SPARE_SOCKS = ("/tmp/nested-pr-spare1.sock", "/tmp/nested-pr-spare2.sock")
@@ -145,47 +143,63 @@ def sg_persist(*args: str) -> dict[str, Any]:
             "out": r.stdout + r.stderr}
 
 
-def main() -> int:
-    images = Path(sys.argv[1])
-    results_dir = Path(os.environ.get("LAB_RESULTS", "."))
-    out: dict[str, Any] = {"steps": {}, "timings": {}}
-    steps: dict[str, Any] = out["steps"]
-    timings: dict[str, float] = out["timings"]
-    t_start = time.monotonic()
+class NestedRun:
+    """The sequence of the module docstring; each step's raw outcome lands in `out`."""
 
-    def mark(name: str) -> None:
-        timings[name] = round(time.monotonic() - t_start, 1)
+    def __init__(self, images: Path, results_dir: Path) -> None:
+        self.images = images
+        self.results_dir = results_dir
+        self.out: dict[str, Any] = {"steps": {}, "timings": {}}
+        self.steps: dict[str, Any] = self.out["steps"]
+        self.timings: dict[str, float] = self.out["timings"]
+        self.t_start = time.monotonic()
+        self.helpers: list[Prguard] = []
+        self.qemu: subprocess.Popen[bytes] | None = None
+        self.qmp: QMP | None = None
 
-    log = results_dir / "prguard.log"
-    helpers: list[Prguard] = []
-    qemu: subprocess.Popen[bytes] | None = None
-    qmp: QMP | None = None
-    try:
+    def mark(self, name: str) -> None:
+        self.timings[name] = round(time.monotonic() - self.t_start, 1)
+
+    def run(self) -> None:
+        try:
+            disk, other = self.set_up()
+            qmp, guest = self.start_qemu(disk)
+            dev = "/dev/sda"
+            self.guest_pr(guest, dev)
+            self.outer_view(disk, other)
+            current, spare1, spare2 = self.helpers
+            self.restart_in_window(qmp, guest, dev, current, spare1)
+            self.down_long(qmp, guest, dev, spare1)
+            self.back(qmp, guest, dev, spare2)
+        except Exception:  # noqa: BLE001  (everything goes back to the host, which judges)
+            self.out["error"] = traceback.format_exc()
+        finally:
+            self.tear_down()
+
+    def set_up(self) -> tuple[str, str]:
+        """1. LIO and the helpers; the device QEMU gets and the other node's."""
         # The helpers start while LIO is set up: a cold start of prguard takes 20-35 s
         # in this emulated guest (against 0.3 s on the host), far beyond QEMU's reconnect
         # window, so the restarts of steps 4 and 6 use spares started now.
-        helpers = [Prguard(path, log) for path in (PR_SOCK, *SPARE_SOCKS)]
-        current, spare1, spare2 = helpers
-        lio = subprocess.run(["bash", str(LIO_SETUP)], capture_output=True, text=True,
-                             check=False, timeout=180,
-                             env={**os.environ, "LIO_LAYOUT": "nested"})
-        (results_dir / "lio.stderr").write_text(lio.stderr)
-        if lio.returncode != 0:
-            raise RuntimeError(f"lio_setup.sh failed: {lio.stderr[-2000:]}")
-        devices = json.loads(lio.stdout.strip().splitlines()[-1])
+        log = self.results_dir / "prguard.log"
+        self.helpers = [Prguard(path, log) for path in (PR_SOCK, *SPARE_SOCKS)]
+        devices = lio.set_up("nested", log=self.results_dir / "lio.stderr")
         disk, other = devices["nA"]["sd"], devices["nB"]["sd"]
-        out["devices"] = {"qemu": disk, "other_node": other}
-        mark("lio")
-        out["prguard_start_s"] = [h.wait_serving() for h in helpers]
-        mark("prguard")
+        self.out["devices"] = {"qemu": disk, "other_node": other}
+        self.mark("lio")
+        self.out["prguard_start_s"] = [h.wait_serving() for h in self.helpers]
+        self.mark("prguard")
+        return disk, other
 
-        argv = [
+    def qemu_argv(self, disk: str) -> list[str]:
+        return [
             "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "qemu64", "-m", "256",
             "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
             "-bios", "/usr/share/qemu/qboot.rom",
-            "-kernel", str(images / "vmlinux"), "-initrd", str(images / "initramfs.cpio.gz"),
+            "-kernel", str(self.images / "vmlinux"),
+            "-initrd", str(self.images / "initramfs.cpio.gz"),
             "-append", KERNEL_APPEND,
-            "-serial", f"file:{results_dir / 'nested-console.log'}",
+            "-serial", f"file:{self.results_dir / 'nested-console.log'}",
             "-chardev", f"socket,id=ctl,path={CTL_SOCK},server=on,wait=off",
             "-serial", "chardev:ctl",
             "-qmp", f"unix:{QMP_SOCK},server=on,wait=off",
@@ -195,33 +209,42 @@ def main() -> int:
             "-device", "scsi-block,bus=scsi0.0,drive=hd0",
             "-trace", "pr_manager_run",
         ]
-        out["qemu_argv"] = argv
-        with open(results_dir / "nested-qemu.stderr", "wb") as err:
+
+    def start_qemu(self, disk: str) -> tuple[QMP, Guest]:
+        """1. The nested QEMU on `disk`, through prguard; until its guest is ready."""
+        argv = self.qemu_argv(disk)
+        self.out["qemu_argv"] = argv
+        with open(self.results_dir / "nested-qemu.stderr", "wb") as err:
             qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
-        running = qemu
-        qmp = QMP.connect(QMP_SOCK, lambda: running.poll() is None)
-        steps["qmp_after_start"] = qmp.execute("query-pr-managers")
-        steps["qemu_pid"] = qemu.pid
+        self.qemu = qemu
+        self.qmp = qmp = QMP.connect(QMP_SOCK, lambda: qemu.poll() is None)
+        self.steps["qmp_after_start"] = qmp.execute("query-pr-managers")
+        self.steps["qemu_pid"] = qemu.pid
         guest = Guest(CTL_SOCK, qemu)
-        steps["ready"] = guest.wait_ready(BOOT_TIMEOUT_S)
-        mark("nested_ready")
+        self.steps["ready"] = guest.wait_ready(BOOT_TIMEOUT_S)
+        self.mark("nested_ready")
+        return qmp, guest
 
-        # -- 2. the guest's own PR commands, through QEMU and prguard
-        dev = "/dev/sda"
-        steps["throwaway"] = guest.run(f"sg_persist -n -i -k {dev}")
-        steps["register"] = guest.run(f"sg_persist -n -o -G -S {KEY} {dev}")
-        steps["reserve"] = guest.run(f"sg_persist -n -o -R -K {KEY} -T 1 {dev}")
-        steps["guest_keys"] = guest.run(f"sg_persist -n -i -k {dev}")
-        steps["guest_reservation"] = guest.run(f"sg_persist -n -i -r {dev}")
-        mark("guest_pr_done")
-        # -- 3. the same state, read on the device by the outer guest
-        steps["outer_keys_other_node"] = sg_persist("-i", "-k", other)
-        steps["outer_reservation_other_node"] = sg_persist("-i", "-r", other)
-        steps["outer_reservation_same_node"] = sg_persist("-i", "-r", disk)
+    def guest_pr(self, guest: Guest, dev: str) -> None:
+        """2. The guest's own PR commands, through QEMU and prguard."""
+        self.steps["throwaway"] = guest.run(f"sg_persist -n -i -k {dev}")
+        self.steps["register"] = guest.run(f"sg_persist -n -o -G -S {KEY} {dev}")
+        self.steps["reserve"] = guest.run(f"sg_persist -n -o -R -K {KEY} -T 1 {dev}")
+        self.steps["guest_keys"] = guest.run(f"sg_persist -n -i -k {dev}")
+        self.steps["guest_reservation"] = guest.run(f"sg_persist -n -i -r {dev}")
+        self.mark("guest_pr_done")
 
-        # -- 4. helper gone, back within the reconnect window
-        steps["stop1_rc"] = current.stop()
-        steps["path_after_stop1"] = os.path.exists(PR_SOCK)
+    def outer_view(self, disk: str, other: str) -> None:
+        """3. The same state, read on the device by the outer guest."""
+        self.steps["outer_keys_other_node"] = sg_persist("-i", "-k", other)
+        self.steps["outer_reservation_other_node"] = sg_persist("-i", "-r", other)
+        self.steps["outer_reservation_same_node"] = sg_persist("-i", "-r", disk)
+
+    def restart_in_window(self, qmp: QMP, guest: Guest, dev: str, current: Prguard,
+                          spare: Prguard) -> None:
+        """4. Helper gone, back within the reconnect window."""
+        self.steps["stop1_rc"] = current.stop()
+        self.steps["path_after_stop1"] = os.path.exists(PR_SOCK)
         qmp.poll_events()
         first_event = len(qmp.events)
         t0 = time.monotonic()
@@ -229,56 +252,60 @@ def main() -> int:
         down = qmp.wait_event("PR_MANAGER_STATUS_CHANGED", COMMAND_TIMEOUT_S, first_event,
                               lambda e: e["data"]["connected"] is False)
         t_down = time.monotonic()
-        spare1.move_to(PR_SOCK)
+        spare.move_to(PR_SOCK)
         t_up = time.monotonic()
         rc, text = guest.result()
-        steps["restart_in_window"] = {"rc": rc, "out": text, "down_event": down,
-                                      "back_after_s": round(t_up - t_down, 2),
-                                      "command_s": round(time.monotonic() - t0, 2)}
+        self.steps["restart_in_window"] = {"rc": rc, "out": text, "down_event": down,
+                                           "back_after_s": round(t_up - t_down, 2),
+                                           "command_s": round(time.monotonic() - t0, 2)}
         qmp.poll_events(0.5)
-        steps["restart_events"] = qmp.events[first_event:]
-        current = spare1
-        mark("restart_in_window")
+        self.steps["restart_events"] = qmp.events[first_event:]
+        self.mark("restart_in_window")
 
-        # -- 5. helper gone for longer than the window
-        steps["stop2_rc"] = current.stop()
+    def down_long(self, qmp: QMP, guest: Guest, dev: str, current: Prguard) -> None:
+        """5. Helper gone for longer than the window."""
+        self.steps["stop2_rc"] = current.stop()
         # the helper removes the socket it created (spare1's name, moved away): what
         # remains is a stale socket file on PR_SOCK, as a crashed helper leaves
-        steps["stale_socket_left"] = os.path.exists(PR_SOCK)
+        self.steps["stale_socket_left"] = os.path.exists(PR_SOCK)
         qmp.poll_events()
         second_event = len(qmp.events)
-        steps["down_long"] = guest.run(f"sg_persist -n -v -i -k {dev}")
+        self.steps["down_long"] = guest.run(f"sg_persist -n -v -i -k {dev}")
         qmp.poll_events(0.5)
-        steps["down_long_events"] = qmp.events[second_event:]
-        steps["qmp_while_down"] = qmp.execute("query-pr-managers")
-        mark("down_long")
+        self.steps["down_long_events"] = qmp.events[second_event:]
+        self.steps["qmp_while_down"] = qmp.execute("query-pr-managers")
+        self.mark("down_long")
 
-        # -- 6. helper back: the next command reconnects
-        spare2.move_to(PR_SOCK)
-        current = spare2
+    def back(self, qmp: QMP, guest: Guest, dev: str, spare: Prguard) -> None:
+        """6. Helper back: the next command reconnects; then everything stops."""
+        spare.move_to(PR_SOCK)
         third_event = len(qmp.events)
-        steps["after_restart"] = guest.run(f"sg_persist -n -i -r {dev}")
+        self.steps["after_restart"] = guest.run(f"sg_persist -n -i -r {dev}")
         qmp.poll_events(0.5)
-        steps["after_restart_events"] = qmp.events[third_event:]
-        steps["qmp_after_restart"] = qmp.execute("query-pr-managers")
-        mark("after_restart")
+        self.steps["after_restart_events"] = qmp.events[third_event:]
+        self.steps["qmp_after_restart"] = qmp.execute("query-pr-managers")
+        self.mark("after_restart")
         guest.send("@@POWEROFF")
-        steps["qemu_exit"] = qemu.wait(60)
-        steps["stop3_rc"] = current.stop()
-    except Exception:  # noqa: BLE001  (everything goes back to the host, which judges)
-        out["error"] = traceback.format_exc()
-    finally:
-        if qmp is not None:
+        assert self.qemu is not None
+        self.steps["qemu_exit"] = self.qemu.wait(60)
+        self.steps["stop3_rc"] = spare.stop()
+
+    def tear_down(self) -> None:
+        if self.qmp is not None:
             with contextlib.suppress(Exception):
-                qmp.close()
-        if qemu is not None and qemu.poll() is None:
-            qemu.kill()
-            qemu.wait()
-        for helper in helpers:
+                self.qmp.close()
+        if self.qemu is not None and self.qemu.poll() is None:
+            self.qemu.kill()
+            self.qemu.wait()
+        for helper in self.helpers:
             with contextlib.suppress(Exception):
                 helper.stop()
-        mark("end")
-        (results_dir / "nested.json").write_text(json.dumps(out, indent=1))
+        self.mark("end")
+        (self.results_dir / "nested.json").write_text(json.dumps(self.out, indent=1))
+
+
+def main() -> int:
+    NestedRun(Path(sys.argv[1]), Path(os.environ.get("LAB_RESULTS", "."))).run()
     return 0
 
 

@@ -21,6 +21,10 @@ C_HELPER = "/usr/bin/qemu-pr-helper"
 
 
 PRGUARD = [sys.executable, "-m", "prguard"]
+#: The console script next to this interpreter (the venv's, as `make` installs it), else
+#: -m prguard: what the benchmark and the lab guest run.
+_SCRIPT = Path(sys.executable).parent / "prguard"
+INSTALLED_PRGUARD: list[str] = [str(_SCRIPT)] if _SCRIPT.exists() else PRGUARD
 
 
 def wait_for_path(path: str, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
