@@ -16,7 +16,18 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from prguard.shared.scsi import SenseCode, Status
+from prguard.shared.scsi import SenseCode
+
+# Re-exported: the client's decoders name answers with the shared tables.
+from prguard.shared.scsi_names import ASC_FAMILY_NAMES as ASC_FAMILY_NAMES
+from prguard.shared.scsi_names import ASC_NAMES as ASC_NAMES
+from prguard.shared.scsi_names import SENSE_KEY_NAMES as SENSE_KEY_NAMES
+from prguard.shared.scsi_names import STATUS_NAMES as STATUS_NAMES
+from prguard.shared.scsi_names import TYPE_NAMES as TYPE_NAMES
+from prguard.shared.scsi_names import PrType as PrType
+from prguard.shared.scsi_names import asc_name as asc_name
+from prguard.shared.scsi_names import status_name as status_name
+from prguard.shared.scsi_names import type_name as type_name
 
 #: PRgeneration and ADDITIONAL LENGTH, the header of READ KEYS/RESERVATION/FULL STATUS.
 _HEADER = struct.Struct(">II")
@@ -50,27 +61,6 @@ class TruncatedError(DecodeError):
         self.available = available
 
 
-class PrType(IntEnum):
-    """Persistent reservation TYPE codes (SPC-4 6.15.3.4); other values are obsolete
-    or reserved."""
-
-    WRITE_EXCLUSIVE = 0x1
-    EXCLUSIVE_ACCESS = 0x3
-    WRITE_EXCLUSIVE_REGISTRANTS_ONLY = 0x5
-    EXCLUSIVE_ACCESS_REGISTRANTS_ONLY = 0x6
-    WRITE_EXCLUSIVE_ALL_REGISTRANTS = 0x7
-    EXCLUSIVE_ACCESS_ALL_REGISTRANTS = 0x8
-
-
-TYPE_NAMES: dict[int, str] = {
-    PrType.WRITE_EXCLUSIVE: "Write Exclusive",
-    PrType.EXCLUSIVE_ACCESS: "Exclusive Access",
-    PrType.WRITE_EXCLUSIVE_REGISTRANTS_ONLY: "Write Exclusive, Registrants Only",
-    PrType.EXCLUSIVE_ACCESS_REGISTRANTS_ONLY: "Exclusive Access, Registrants Only",
-    PrType.WRITE_EXCLUSIVE_ALL_REGISTRANTS: "Write Exclusive, All Registrants",
-    PrType.EXCLUSIVE_ACCESS_ALL_REGISTRANTS: "Exclusive Access, All Registrants",
-}
-
 #: Bit of the 16-bit PERSISTENT RESERVATION TYPE MASK (bytes 4-5) for each type.
 TYPE_MASK_BITS: dict[PrType, int] = {
     PrType.WRITE_EXCLUSIVE_ALL_REGISTRANTS: 0x8000,
@@ -85,10 +75,6 @@ ALLOW_COMMANDS_NAMES: dict[int, str] = {
     0: "no information",
     1: "TEST UNIT READY allowed through Write Exclusive and Exclusive Access",
 }
-
-
-def type_name(code: int) -> str:
-    return TYPE_NAMES.get(code, f"obsolete or reserved type {code:#x}")
 
 
 def scope_name(scope: int) -> str:
@@ -347,91 +333,10 @@ def _iscsi_name(raw: bytes, format_code: int) -> tuple[str, str | None]:
 
 # -- status and sense -------------------------------------------------------------------
 
-STATUS_NAMES: dict[int, str] = {
-    Status.GOOD: "GOOD",
-    Status.CHECK_CONDITION: "CHECK CONDITION",
-    0x04: "CONDITION MET",
-    Status.BUSY: "BUSY",
-    Status.RESERVATION_CONFLICT: "RESERVATION CONFLICT",
-    Status.TASK_SET_FULL: "TASK SET FULL",
-    0x30: "ACA ACTIVE",
-    0x40: "TASK ABORTED",
-}
-
-SENSE_KEY_NAMES = (
-    "NO SENSE", "RECOVERED ERROR", "NOT READY", "MEDIUM ERROR", "HARDWARE ERROR",
-    "ILLEGAL REQUEST", "UNIT ATTENTION", "DATA PROTECT", "BLANK CHECK", "VENDOR SPECIFIC",
-    "COPY ABORTED", "ABORTED COMMAND", "RESERVED (0xc)", "VOLUME OVERFLOW", "MISCOMPARE",
-    "COMPLETED",
-)
-
-#: ASC/ASCQ pairs a PR command or the helper's own answers produce (SPC-4 annex F).
-ASC_NAMES: dict[tuple[int, int], str] = {
-    (0x00, 0x00): "no additional sense information",
-    (0x00, 0x06): "I/O process terminated",
-    (0x04, 0x00): "logical unit not ready, cause not reportable",
-    (0x04, 0x01): "logical unit is in process of becoming ready",
-    (0x04, 0x02): "logical unit not ready, initializing command required",
-    (0x04, 0x03): "logical unit not ready, manual intervention required",
-    (0x04, 0x0A): "logical unit not accessible, asymmetric access state transition",
-    (0x04, 0x0B): "logical unit not accessible, target port in standby state",
-    (0x04, 0x0C): "logical unit not accessible, target port in unavailable state",
-    (0x05, 0x00): "logical unit does not respond to selection",
-    (0x08, 0x00): "logical unit communication failure",
-    (0x08, 0x01): "logical unit communication time-out",
-    (0x11, 0x00): "unrecovered read error",
-    (0x1A, 0x00): "parameter list length error",
-    (0x20, 0x00): "invalid command operation code",
-    (0x24, 0x00): "invalid field in CDB",
-    (0x25, 0x00): "logical unit not supported",
-    (0x26, 0x00): "invalid field in parameter list",
-    (0x26, 0x01): "parameter not supported",
-    (0x26, 0x02): "parameter value invalid",
-    (0x27, 0x07): "space allocation failed write protect",
-    (0x29, 0x00): "power on, reset, or bus device reset occurred",
-    (0x29, 0x01): "power on occurred",
-    (0x29, 0x02): "SCSI bus reset occurred",
-    (0x29, 0x03): "bus device reset function occurred",
-    (0x29, 0x04): "device internal reset",
-    (0x29, 0x07): "I_T nexus loss occurred",
-    (0x2A, 0x00): "parameters changed",
-    (0x2A, 0x03): "reservations preempted",
-    (0x2A, 0x04): "reservations released",
-    (0x2A, 0x05): "registrations preempted",
-    (0x2C, 0x00): "command sequence error",
-    (0x2E, 0x02): "command timeout during processing",
-    (0x2F, 0x00): "commands cleared by another initiator",
-    (0x2F, 0x02): "commands cleared by device server",
-    (0x3A, 0x00): "medium not present",
-    (0x3F, 0x0E): "reported LUNs data has changed",
-    (0x44, 0x00): "internal target failure",
-    (0x55, 0x02): "insufficient reservation resources",
-    (0x55, 0x03): "insufficient resources",
-    (0x55, 0x04): "insufficient registration resources",
-}
-
-#: Fallbacks by ASC alone, for qualifiers the table above does not list.
-ASC_FAMILY_NAMES: dict[int, str] = {
-    0x04: "logical unit not ready",
-    0x29: "power on, reset, or bus device reset occurred",
-    0x2A: "parameters changed",
-    0x2F: "commands cleared",
-    0x3F: "target operating conditions have changed",
-    0x55: "system resource failure",
-}
-
 _FIXED = (0x70, 0x71)
 _DESCRIPTOR_FORMAT = (0x72, 0x73)
 #: Fixed format: ASC and ASCQ (bytes 12-13) exist when ADDITIONAL SENSE LENGTH reaches 6.
 _FIXED_ASC_END = 14
-
-
-def status_name(status: int) -> str:
-    return STATUS_NAMES.get(status, f"status {status:#04x}")
-
-
-def asc_name(asc: int, ascq: int) -> str | None:
-    return ASC_NAMES.get((asc, ascq)) or ASC_FAMILY_NAMES.get(asc)
 
 
 @dataclass(frozen=True)
