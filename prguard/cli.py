@@ -125,6 +125,12 @@ OPTION_GROUPS = (
                man="A client that stalls within its handshake, a CDB or a parameter list, "
                    "or does not read its reply, is disconnected. Idle time between "
                    "requests is not limited."),
+        Option("check-policy", arg="FILE",
+               help=("check a tenant policy file, print its rules and exit",),
+               man="Reads FILE as --policy would and prints the rules in force, in the "
+                   "order they are tried, with the line each starts on; exit status 0. A "
+                   "file that cannot be used is one line naming its line and the problem, "
+                   "and exit status 1."),
         Option("print-seccomp", arg="broker|worker",
                help=("print that process's compiled seccomp filter and exit",),
                man="libseccomp's PFC text of the filter, with stand-ins for the values each "
@@ -173,6 +179,7 @@ class Options:
     sg_threads: int = DEFAULT_SG_THREADS
     sg_per_device: int = DEFAULT_SG_PER_DEVICE
     print_seccomp: str | None = None
+    check_policy: str | None = None
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_per_peer: int = DEFAULT_MAX_PER_PEER
     client_timeout: float = DEFAULT_MESSAGE_DEADLINE
@@ -269,6 +276,8 @@ def _apply(opts: Options, key: str, value: str | None, warn: Callable[[str], Non
         if value not in ("broker", "worker"):
             raise UsageError(f"--print-seccomp takes broker or worker, not '{value}'")
         opts.print_seccomp = value
+    elif key == "check-policy":
+        opts.check_policy = value
     elif key == "max-connections":
         assert value is not None
         opts.max_connections = int(_positive(key, value, int))
@@ -299,7 +308,8 @@ def _long(name: str) -> str:
 
 
 def _done(opts: Options) -> bool:
-    return opts.help or opts.version or opts.trace.want_help or opts.print_seccomp is not None
+    return (opts.help or opts.version or opts.trace.want_help or opts.print_seccomp is not None
+            or opts.check_policy is not None)
 
 
 def parse(argv: list[str], warn: Callable[[str], None]) -> Options:

@@ -16,7 +16,8 @@ from typing import TextIO
 
 from prguard import __version__, cli, daemon, listen, logs, trace_option
 from prguard.broker import main as broker_main
-from prguard.shared import fdpin, sandbox
+from prguard.shared import fdpin, policy_file, sandbox
+from prguard.shared.policy import PolicyError
 from prguard.shared.privileges import Identity
 from prguard.worker import main as worker_main
 
@@ -90,9 +91,18 @@ def main(argv: list[str] | None = None) -> int:
                              for k, v in PRINT_VARIABLES.items()))
             sandbox.export_pfc(opts.print_seccomp, PRINT_VARIABLES, sys.stdout)
             return 0
+        if opts.check_policy is not None:
+            logs.out(policy_file.read_policy(opts.check_policy).describe())
+            return 0
         trace_sink = _trace_sink(opts.trace)
     except cli.UsageError as exc:
         _report(prog, exc)
+        return 1
+    except PolicyError as exc:
+        logs.line(f"{name}:{exc}")
+        return 1
+    except policy_file.PolicyFileError as exc:
+        logs.line(f"{name}: {exc}")
         return 1
     logs.setup(name, opts.log_level)
     try:
