@@ -10,7 +10,7 @@ from lab.processes import REPO
 
 #: Source directories of the installed packages; prguard/ itself is the launcher (its
 #: subpackage entries are links to these directories).
-PACKAGES = ("shared", "broker", "worker", "prguard", "client", "seccomp")
+PACKAGES = ("shared", "broker", "worker", "prguard", "client", "audit", "seccomp")
 
 
 #: Top-level directories that are not installed: the lab (VM harness, helper processes,
@@ -69,17 +69,23 @@ def test_packages_import_each_other_only_through_the_prguard_namespace() -> None
 
 
 def test_shared_imports_neither_side() -> None:
-    assert not imports("shared") & {"broker", "worker", "prguard", "client"}
+    assert not imports("shared") & {"broker", "worker", "prguard", "client", "audit"}
 
 
 def test_broker_and_worker_never_import_each_other() -> None:
     assert "worker" not in imports("broker")
     assert "broker" not in imports("worker")
-    assert not (imports("broker") | imports("worker")) & {"prguard", "client"}
+    assert not (imports("broker") | imports("worker")) & {"prguard", "client", "audit"}
 
 
 def test_the_operator_client_uses_only_shared() -> None:
-    assert not imports("client") & {"broker", "worker", "prguard"}
+    assert not imports("client") & {"broker", "worker", "prguard", "audit"}
+
+
+def test_the_audit_tool_uses_only_shared() -> None:
+    """prguard-audit reads files the worker wrote: the record schema and the chain are
+    shared; nothing of the running processes."""
+    assert not imports("audit") & {"broker", "worker", "client"}
 
 
 def _entry_point_names(module: str) -> set[str]:
