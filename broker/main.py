@@ -14,7 +14,6 @@ process (os._exit).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import resource
@@ -22,7 +21,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, TextIO
+from typing import TextIO
 
 from prguard.broker.limits import (
     DEFAULT_MAX_CONNECTIONS,
@@ -31,11 +30,12 @@ from prguard.broker.limits import (
     WORKER_GRACE,
     Limits,
 )
+from prguard.broker.loop import Loop
 from prguard.broker.notify import Notifier
-from prguard.broker.server import Broker, warm_up
+from prguard.broker.server import Server, warm_up
 from prguard.broker.trace import Tracer
 from prguard.broker.worker_client import WorkerClient, await_ready
-from prguard.shared import confined, fdcheck, fdpin, privileges, sandbox
+from prguard.shared import fdcheck, fdpin, privileges, sandbox
 from prguard.shared.privileges import Identity
 from prguard.shared.seccomp_policy import Rule, SeccompPolicy
 from prguard.shared.socket_file import SocketFile
@@ -86,16 +86,14 @@ def run(listener: socket.socket, channel: socket.socket, config: BrokerConfig) -
         _reap(config.worker_pid)
         return 1
     tracer = Tracer(config.trace_events, config.trace_sink)
-    # Not asyncio.run: it closes the loop's fds at the end, and those are pinned.
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
+    loop = Loop()  # never closed: its fds are pinned
     fdpin.hold(loop, listener, channel, notifier, config.trace_sink)
-    return loop.run_until_complete(_serve(listener, channel, config, tracer, sysfs_block,
-                                          seccomp_policy, probe, notifier))
+    return _serve(loop, listener, channel, config, tracer, sysfs_block, seccomp_policy, probe,
+                  notifier)
 
 
 def _variables(config: BrokerConfig, tracer: Tracer, sysfs_block: int,
-               channel: socket.socket) -> sandbox.Variables:
+               channel: socket.socket, loop: Loop) -> sandbox.Variables:
     """The fds (and pid) the policy names; every fd here is pinned before lock-down."""
     return {
         "CHANNEL_FD": channel.fileno(),
@@ -103,7 +101,7 @@ def _variables(config: BrokerConfig, tracer: Tracer, sysfs_block: int,
         "SOCKET_DIR_FD": config.socket_file.dir_fd if config.socket_file else None,
         "WORKER_PID": config.worker_pid,
         "TRACE_FD": tracer.fileno(),
-        "WAKEUP_FD": _wakeup_fd(),
+        "WAKEUP_FD": loop.wakeup_fd(),
     }
 
 
@@ -113,40 +111,34 @@ def _pin(variables: sandbox.Variables) -> sandbox.Variables:
     return {**variables, "FD_BOUNDARY": fdpin.seal([2, *named])}
 
 
-def _wakeup_fd() -> int | None:
-    """The fd the event loop's C signal handler writes to (stop signals are blocked
-    while this runs, so reading and restoring it races with nothing)."""
-    fd = signal.set_wakeup_fd(-1)
-    signal.set_wakeup_fd(fd)
-    return fd if fd >= 0 else None
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-async def _serve(listener: socket.socket, channel: socket.socket, config: BrokerConfig,
-                 tracer: Tracer, sysfs_block: int, seccomp_policy: SeccompPolicy,
-                 probe: Rule | None, notifier: Notifier) -> int:
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(_loop_exception)
-    worker = WorkerClient(channel)
+def _serve(loop: Loop, listener: socket.socket, channel: socket.socket, config: BrokerConfig,
+           tracer: Tracer, sysfs_block: int, seccomp_policy: SeccompPolicy,
+           probe: Rule | None, notifier: Notifier) -> int:
+    limits = fit_to_fd_limit(config.limits)
+    worker = WorkerClient(channel, loop, limits.worker_deadline)
     worker.start()
-    broker = Broker(worker, sysfs_block, tracer, fit_to_fd_limit(config.limits))
-    broker.listen(listener)
-    stop: asyncio.Future[int] = loop.create_future()
+    server = Server(loop, worker, sysfs_block, tracer, limits)
+    server.listen(listener)
+    stop_signal: list[int] = []
 
     def on_signal(signum: int) -> None:
-        if not stop.done():
-            stop.set_result(signum)
+        if not stop_signal:
+            stop_signal.append(signum)
+            loop.stop()
 
-    stop_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    for sig in stop_signals:
-        loop.add_signal_handler(sig, on_signal, sig)
+    loop.catch_signals(STOP_SIGNALS, on_signal)
+    worker.on_lost = lambda reason: loop.stop()
     try:
         warm_up(sysfs_block)
-        variables = _pin(_variables(config, tracer, sysfs_block, channel))
+        variables = _pin(_variables(config, tracer, sysfs_block, channel, loop))
         sandbox.lock_down(seccomp_policy, variables)
     except (OSError, sandbox.SandboxError) as exc:
         log.error("%s", exc)
         notifier.close()
-        broker.stop_accepting()
+        server.stop_accepting()
         _remove_socket_file(config)
         worker.close()
         _reap(config.worker_pid)
@@ -155,36 +147,33 @@ async def _serve(listener: socket.socket, channel: socket.socket, config: Broker
         sandbox.probe(probe)
         log.error("seccomp let %s through", probe)
         return 3
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)  # blocked since start-up
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since start-up
     try:
-        return await _until_stopped(config, tracer, notifier, broker, worker, stop)
+        return _until_stopped(config, tracer, notifier, loop, server, worker, stop_signal)
     finally:
-        # Blocked again: nothing handles them once the loop stops running (it is never
-        # closed: its fds are pinned), and the process ends by os._exit.
-        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+        # Blocked again: nothing handles them once the loop stops running, and the
+        # process ends by os._exit.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
 
-async def _until_stopped(config: BrokerConfig, tracer: Tracer, notifier: Notifier,
-                         broker: Broker, worker: WorkerClient, stop: asyncio.Future[int]
-                         ) -> int:
+def _until_stopped(config: BrokerConfig, tracer: Tracer, notifier: Notifier, loop: Loop,
+                   server: Server, worker: WorkerClient, stop_signal: list[int]) -> int:
     """Serve until a stop signal or the loss of the worker; then finish what is in
     flight. 0 after an orderly stop, 1 if the worker was lost or did not end cleanly."""
-    assert worker.lost is not None
     notifier.send(f"READY=1\nSTATUS=serving, worker pid {config.worker_pid}\n"
                   f"MAINPID={os.getpid()}")
-    waiters: set[asyncio.Future[int] | asyncio.Future[str]] = {stop, worker.lost}
-    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    loop.run()
     notifier.send("STOPPING=1")
-    if not worker.lost.done():
-        log.info("signal %d: finishing requests in flight, then exiting", stop.result())
-    broker.stop_accepting()
+    if worker.lost is None:
+        log.info("signal %d: finishing requests in flight, then exiting", stop_signal[0])
+    server.stop_accepting()
     _remove_socket_file(config)
-    await broker.drain()
-    await broker.cancel_clients()
-    if worker.lost.done():  # before the stop, or while finishing
+    loop.run(until=lambda: server.in_flight == 0)  # the worker deadline bounds this
+    server.close_all()
+    if worker.lost is not None:  # before the stop, or while finishing
         how = _reap(config.worker_pid)
-        tracer.emit("prguard_worker_lost", reason=repr(worker.lost.result()), how=how)
-        log.error("%s (%s); exiting", worker.lost.result(), how)
+        tracer.emit("prguard_worker_lost", reason=repr(worker.lost), how=how)
+        log.error("%s (%s); exiting", worker.lost, how)
         return 1
     worker.close()
     how = _reap(config.worker_pid)
@@ -192,14 +181,6 @@ async def _until_stopped(config: BrokerConfig, tracer: Tracer, notifier: Notifie
         log.error("the worker did not end cleanly at stop (%s)", how)
         return 1
     return 0
-
-
-def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """An exception no task or callback handled: one line (the default handler formats a
-    traceback and the repr of the future, neither of which a confined process can)."""
-    exc = context.get("exception")
-    log.error("internal error: %s: %s", context.get("message", "in the event loop"),
-              confined.describe(exc if isinstance(exc, BaseException) else None))
 
 
 #: fds the broker keeps for itself (stdio, listener, channel, epoll, sysfs, notify, trace).

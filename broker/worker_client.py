@@ -1,30 +1,46 @@
-"""The broker's end of the channel: send a request with its fd, await the matching answer.
+"""The broker's end of the channel: send a request with its fd, hand each answer back.
 
 Answers may come back in any order; each carries the id of its request. An answer that
 names no pending request, or a Malformed answer, means the two processes disagree about
-the protocol: that is fatal for the pair (`lost` is set), as is EOF.
+the protocol: that is fatal for the pair (`lost` is set), as is EOF. A request the
+worker has not answered within the worker deadline is given up on (its outcome is
+unknown) and its late answer, if one comes, is dropped.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import socket
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 
-from prguard.broker.readiness import wake
+from prguard.broker.loop import EPOLLIN, EPOLLOUT, Loop
 from prguard.shared import fdpass
 from prguard.shared.errors import ChannelError
 from prguard.shared.messages import Malformed, Ready, Refused, SgIoRequest, SgIoResult, decode
 
 log = logging.getLogger("prguard.broker")
 
-Answer = SgIoResult | Refused
+
+@dataclass(frozen=True)
+class WorkerLost:
+    """No answer will come: the worker is gone or broke the channel protocol."""
+
+    reason: str
 
 
-class WorkerLost(Exception):
-    """The worker is gone or broke the channel protocol; `reason` says which."""
+@dataclass(frozen=True)
+class NoAnswer:
+    """The worker did not answer within the deadline."""
+
+    seconds: float
+
+
+Answer = SgIoResult | Refused | WorkerLost | NoAnswer
+OnAnswer = Callable[[Answer], None]
 
 
 def await_ready(channel: socket.socket, timeout: float) -> int | None:
@@ -45,60 +61,84 @@ def await_ready(channel: socket.socket, timeout: float) -> int | None:
 
 
 class WorkerClient:
-    def __init__(self, channel: socket.socket) -> None:
+    def __init__(self, channel: socket.socket, loop: Loop, deadline: float) -> None:
         channel.setblocking(False)
         self._channel = channel
+        self._fd = channel.fileno()
+        self._loop = loop
         self._ids = itertools.count(1)
         self._last_id = 0
-        self._pending: dict[int, asyncio.Future[Answer]] = {}
-        self.lost: asyncio.Future[str] | None = None
+        self._pending: dict[int, OnAnswer] = {}
+        self._deadlines = loop.deadlines(deadline, self._expired)
+        #: requests the channel had no room for yet: (payload, fd we own, id)
+        self._backlog: list[tuple[bytes, int, int]] = []
+        self.lost: str | None = None
+        self.on_lost: Callable[[str], None] = lambda reason: None
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.lost = loop.create_future()
-        loop.add_reader(self._channel.fileno(), self._on_readable)
+        self._loop.register(self._fd, EPOLLIN, self._on_event)
 
     @property
     def in_flight(self) -> int:
         return len(self._pending)
 
-    async def sg_io(self, cdb: bytes, data: bytes, fd: int) -> Answer:
-        """Forward one validated request. The fd is duplicated into the datagram; the
-        caller still owns (and closes) its own."""
-        if self.lost is None or self.lost.done():
-            raise WorkerLost("worker not running")
-        request = SgIoRequest(next(self._ids), cdb, data)
-        self._last_id = request.id
-        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._pending[request.id] = answer
+    def forward(self, cdb: bytes, data: bytes, fd: int, on_answer: OnAnswer) -> None:
+        """Send one validated request with `fd`, which this call takes over (it is
+        closed once it is in the datagram). `on_answer` is called exactly once, from the
+        loop, unless the request is cancelled."""
+        if self.lost is not None:
+            os.close(fd)
+            on_answer(WorkerLost(self.lost))
+            return
+        request_id = next(self._ids)
+        self._last_id = request_id
+        payload = SgIoRequest(request_id, cdb, data).encode()
+        self._pending[request_id] = on_answer
+        self._deadlines.add(request_id, self._loop.time())
+        if self._backlog or not self._try_send(payload, fd):
+            if not self._backlog:
+                self._loop.modify(self._fd, EPOLLIN | EPOLLOUT)
+            self._backlog.append((payload, fd, request_id))
+
+    def _try_send(self, payload: bytes, fd: int) -> bool:
+        """Send and close our `fd`; False if the channel is full (nothing sent, the fd
+        still ours). A failed channel loses the worker."""
         try:
-            await self._send(request.encode(), fd)
-            return await answer
-        finally:
-            self._pending.pop(request.id, None)
-            if answer.done() and not answer.cancelled():
-                # Failed while sending: _lose() also failed this future, which nobody
-                # will await; unretrieved, it would be reported when collected.
-                answer.exception()
+            fdpass.send_message(self._channel, payload, fd)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            if self._backlog and self._backlog[0][1] == fd:
+                self._backlog.pop(0)
+            os.close(fd)
+            self._lose(f"cannot write to the worker: {exc.strerror}")
+            return True
+        os.close(fd)
+        return True
 
-    async def _send(self, payload: bytes, fd: int) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                fdpass.send_message(self._channel, payload, fd)
+    def _flush_backlog(self) -> None:
+        while self._backlog and self.lost is None:
+            payload, fd, request_id = self._backlog[0]
+            if request_id not in self._pending:  # given up on meanwhile
+                os.close(fd)
+            elif not self._try_send(payload, fd):
                 return
-            except BlockingIOError:
-                writable: asyncio.Future[None] = loop.create_future()
-                loop.add_writer(self._channel.fileno(), wake, writable)
-                try:
-                    await writable
-                finally:
-                    loop.remove_writer(self._channel.fileno())
-            except OSError as exc:
-                self._lose(f"cannot write to the worker: {exc.strerror}")
-                raise WorkerLost("worker channel failed") from None
+            if self._backlog and self._backlog[0][1] == fd:
+                self._backlog.pop(0)
+        if self.lost is None:
+            self._loop.modify(self._fd, EPOLLIN)
 
-    def _on_readable(self) -> None:
+    def cancel(self, request_id: int) -> None:
+        self._pending.pop(request_id, None)
+        self._deadlines.discard(request_id)
+
+    def _on_event(self, events: int) -> None:
+        if events & EPOLLOUT:
+            self._flush_backlog()
+        if events & ~EPOLLOUT:
+            self._receive()
+
+    def _receive(self) -> None:
         try:
             got = fdpass.recv_message(self._channel)
         except BlockingIOError:
@@ -119,30 +159,44 @@ class WorkerClient:
         except ChannelError as exc:
             self._lose(f"undecodable answer from the worker: {exc}")
             return
-        if isinstance(message, (SgIoResult, Refused)) and message.id in self._pending:
-            future = self._pending[message.id]
-            if not future.done():
-                future.set_result(message)
-        elif isinstance(message, (SgIoResult, Refused)) and 0 < message.id <= self._last_id:
-            log.debug("late answer %d for a request nobody waits for", message.id)
+        if isinstance(message, (SgIoResult, Refused)):
+            on_answer = self._pending.pop(message.id, None)
+            if on_answer is not None:
+                self._deadlines.discard(message.id)
+                on_answer(message)
+            elif 0 < message.id <= self._last_id:
+                log.debug("late answer %d for a request nobody waits for", message.id)
+            else:
+                self._lose(f"unexpected {type(message).__name__} from the worker")
         elif isinstance(message, Malformed):
             self._lose(f"the worker could not decode a request: {message.reason}")
         else:
             self._lose(f"unexpected {type(message).__name__} from the worker")
 
+    def _expired(self, key: Hashable) -> None:
+        on_answer = self._pending.pop(key, None)  # type: ignore[call-overload]
+        if on_answer is not None:
+            on_answer(NoAnswer(self._deadlines.duration))
+
     def _lose(self, reason: str) -> None:
-        if self.lost is None or self.lost.done():
+        if self.lost is not None:
             return
-        asyncio.get_running_loop().remove_reader(self._channel.fileno())
-        self.lost.set_result(reason)
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(WorkerLost(reason))
+        self.lost = reason
+        self._loop.unregister(self._fd)
+        for _, fd, _ in self._backlog:
+            os.close(fd)
+        self._backlog.clear()
+        pending, self._pending = self._pending, {}
+        for request_id, on_answer in pending.items():
+            self._deadlines.discard(request_id)
+            on_answer(WorkerLost(reason))
+        self.on_lost(reason)
 
     def close(self) -> None:
         """Orderly end: the worker sees EOF with its parent alive and exits 0. shutdown,
         not close: the channel's fd number is pinned (shared/fdpin.py)."""
-        if self.lost is not None and not self.lost.done():
-            asyncio.get_running_loop().remove_reader(self._channel.fileno())
+        if self.lost is None:
+            self._loop.unregister(self._fd)
         with contextlib.suppress(OSError):  # the worker is gone already
             self._channel.shutdown(socket.SHUT_RDWR)
+

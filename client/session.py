@@ -110,11 +110,11 @@ class Client:
         self.send(cdb, fd, parameter_list)
         return self.receive()
 
-    def _next_event(self) -> Event:
+    def _next_event(self) -> Event | PrReply:
         while True:
             event = self._conn.next_event()
             if event is not NEED_DATA:
-                assert isinstance(event, Event)
+                assert isinstance(event, (Event, PrReply))
                 return event
             self._conn.receive_data(self.sock.recv(_RECV_SIZE))
 

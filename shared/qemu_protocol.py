@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prguard.shared.errors import QemuProtocolError
-from prguard.shared.scsi import CDB_SIZE, DATA_SIZE, SENSE_SIZE, Opcode, Status, transfer_length
+from prguard.shared.scsi import CDB_SIZE, DATA_SIZE, Opcode, Status, transfer_length
+from prguard.shared.scsi import PrReply as PrReply  # the reply triple, defined with SCSI
 
 #: Feature bits this implementation offers in the handshake (none are defined upstream).
 SUPPORTED_FEATURES = 0
@@ -58,20 +59,17 @@ class FeaturesOffered(Event):
     features: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PrRequest(Event):
-    """One complete request. The receiver owns `fd` and must close it."""
+    """One complete request. The receiver owns `fd` and must close it.
+
+    Only the state machine below builds these, from a CDB whose opcode and length it
+    has already checked (the C helper's framing rules).
+    """
 
     cdb: bytes
     fd: int
     parameter_list: bytes
-
-    def __post_init__(self) -> None:
-        if len(self.cdb) != CDB_SIZE or self.cdb[0] not in (Opcode.PERSISTENT_RESERVE_IN,
-                                                              Opcode.PERSISTENT_RESERVE_OUT):
-            raise ValueError("PrRequest needs a 16-byte PR IN/OUT CDB")
-        if self.fd < 0:
-            raise ValueError("PrRequest needs an fd")
 
     @property
     def opcode(self) -> Opcode:
@@ -82,23 +80,23 @@ class PrRequest(Event):
         return transfer_length(self.cdb)
 
 
-@dataclass(frozen=True)
-class PrReply(Event):
-    """A reply: SCSI status, the full 96-byte sense field, and PR IN data (may be empty)."""
+class ReplyNotAllowed(ValueError):
+    """A reply QEMU would abort on (see reply_fault); nothing was encoded."""
 
-    status: int
-    sense: bytes
-    data: bytes = b""
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.status <= 0xFF:
-            raise ValueError(f"status {self.status} is not a SCSI status byte")
-        if len(self.sense) != SENSE_SIZE:
-            raise ValueError("sense must be exactly 96 bytes")
-        if len(self.data) > DATA_SIZE:
-            raise ValueError("reply data over 8192 bytes")
-        if self.data and self.status != Status.GOOD:
-            raise ValueError("only a GOOD reply carries data")
+def reply_fault(request: PrRequest, reply: PrReply) -> str | None:
+    """Why `reply` may not answer `request`, or None: data only with a GOOD PR IN, and
+    never more than its allocation length. QEMU asserts on both; this is the one place
+    the rule is stated, and send_reply() is where it is enforced."""
+    if not reply.data:
+        return None
+    if request.cdb[0] != Opcode.PERSISTENT_RESERVE_IN:
+        return "a PR OUT reply never carries data"
+    if reply.status != Status.GOOD:
+        return "only a GOOD reply carries data"
+    if len(reply.data) > transfer_length(request.cdb):
+        return "reply data longer than the allocation length"
+    return None
 
 
 @dataclass(frozen=True)
@@ -151,7 +149,12 @@ class _Buffer:
 
 
 class ServerConnection:
-    """The helper's side of one QEMU connection."""
+    """The helper's side of one QEMU connection.
+
+    Everything that depends on the state is in one table, `_RULES` (below the class):
+    per state, what to read next, whether a message is in progress, and how to turn
+    buffered bytes into the next event.
+    """
 
     def __init__(self, supported_features: int = SUPPORTED_FEATURES) -> None:
         self._supported = supported_features
@@ -169,9 +172,7 @@ class ServerConnection:
     def mid_message(self) -> bool:
         """The peer has started a message (or owes its handshake) and not finished it:
         the time it may take for that is bounded; idle time between requests is not."""
-        if self._state in (State.RECV_FEATURES, State.RECV_PARAMETERS):
-            return True
-        return self._state is State.RECV_CDB and bool(self._buf.data or self._cdb_fds)
+        return _RULES[self._state].mid_message(self)
 
     def initiate(self) -> bytes:
         """The helper speaks first: its supported-features word."""
@@ -181,15 +182,10 @@ class ServerConnection:
 
     def wanted(self) -> ReadSpec:
         """What the shell should read next; only meaningful after NEED_DATA."""
-        have = len(self._buf.data)
-        if self._state is State.RECV_FEATURES:
-            return ReadSpec(max(FEATURES_SIZE - have, 1), with_fds=False)
-        if self._state is State.RECV_CDB:
-            return ReadSpec(max(CDB_SIZE - have, 1), with_fds=True)
-        if self._state is State.RECV_PARAMETERS:
-            need = CDB_SIZE + transfer_length(bytes(self._buf.data[:CDB_SIZE])) - have
-            return ReadSpec(max(need, 1), with_fds=False)
-        raise QemuProtocolError(f"nothing to read in state {self._state.value}")
+        read = _RULES[self._state].read
+        if read is None:
+            raise QemuProtocolError(f"nothing to read in state {self._state.value}")
+        return read(self)
 
     def receive_data(self, data: bytes, fds: Sequence[int] = (), fds_truncated: bool = False
                      ) -> None:
@@ -206,88 +202,34 @@ class ServerConnection:
             self._discarded.extend(fds)
             self._buf.eof = True
             return
-        in_cdb = self._state is State.RECV_CDB and len(self._buf.data) < CDB_SIZE
-        if in_cdb:
+        if self._state is State.RECV_CDB and len(self._buf.data) < CDB_SIZE:
             self._cdb_fds.extend(fds)
             if fds_truncated or len(self._cdb_fds) > 1:
                 self._state = State.ERROR
                 raise QemuProtocolError("more than one fd with the CDB")
-        else:
+        elif fds:
             self._discarded.extend(fds)
         self._buf.data += data
 
     def next_event(self) -> Event | _NeedData:
         try:
-            return self._next_event()
+            return _RULES[self._state].advance(self)
         except QemuProtocolError:
             self._state = State.ERROR
             raise
 
-    def _next_event(self) -> Event | _NeedData:
-        buf = self._buf
-        if self._state is State.RECV_FEATURES:
-            if len(buf.data) < FEATURES_SIZE:
-                if buf.eof:
-                    raise QemuProtocolError("EOF during the feature handshake")
-                return NEED_DATA
-            requested = int.from_bytes(buf.data[:FEATURES_SIZE], "big")
-            del buf.data[:FEATURES_SIZE]
-            if requested & ~self._supported:
-                raise QemuProtocolError(f"unsupported features requested: {requested:#x}")
-            self._state = State.RECV_CDB
-            return FeaturesAgreed(requested)
-        if self._state is State.RECV_CDB:
-            if len(buf.data) < CDB_SIZE:
-                if buf.eof:
-                    if not buf.data and not self._cdb_fds:
-                        self._state = State.CLOSED
-                        return Closed()
-                    raise QemuProtocolError("EOF inside a CDB")
-                return NEED_DATA
-            cdb = bytes(buf.data[:CDB_SIZE])
-            if not self._cdb_fds:
-                raise QemuProtocolError("no fd with the CDB", NO_FD_MESSAGE)
-            if cdb[0] not in (Opcode.PERSISTENT_RESERVE_IN, Opcode.PERSISTENT_RESERVE_OUT):
-                raise QemuProtocolError(f"opcode {cdb[0]:#04x} is not PR IN/OUT",
-                                        INVALID_CDB_MESSAGE)
-            if transfer_length(cdb) > DATA_SIZE:
-                raise QemuProtocolError(f"transfer length {transfer_length(cdb)} over 8192")
-            self._state = State.RECV_PARAMETERS
-            return self._next_event()
-        if self._state is State.RECV_PARAMETERS:
-            cdb = bytes(buf.data[:CDB_SIZE])
-            length = transfer_length(cdb) if cdb[0] == Opcode.PERSISTENT_RESERVE_OUT else 0
-            if len(buf.data) < CDB_SIZE + length:
-                if buf.eof:
-                    raise QemuProtocolError("EOF inside the parameter list", SHORT_DATA_MESSAGE)
-                return NEED_DATA
-            params = bytes(buf.data[CDB_SIZE:CDB_SIZE + length])
-            del buf.data[:CDB_SIZE + length]
-            (fd,) = self._cdb_fds
-            self._cdb_fds = []
-            self._pending = PrRequest(cdb, fd, params)
-            self._state = State.SEND_REPLY
-            return self._pending
-        if self._state is State.SEND_REPLY:
-            return NEED_DATA
-        if self._state is State.CLOSED:
-            return Closed()
-        raise QemuProtocolError("connection already failed")
-
     def send_reply(self, reply: PrReply) -> bytes:
         """Bytes for the reply to the pending request.
 
-        Enforces what QEMU asserts on: data only for a GOOD PR IN, and never more than the
-        allocation length; anything else is our bug, not the peer's, so it raises
-        ValueError rather than send something that would abort QEMU.
+        A reply QEMU would abort on (reply_fault) raises ReplyNotAllowed and leaves the
+        request pending, so that the caller can answer it otherwise: such a reply is
+        never sent.
         """
         self._expect(State.SEND_REPLY, "send_reply")
         assert self._pending is not None
-        request = self._pending
-        if request.opcode is Opcode.PERSISTENT_RESERVE_OUT and reply.data:
-            raise ValueError("a PR OUT reply never carries data")
-        if len(reply.data) > request.transfer_length:
-            raise ValueError("reply data longer than the allocation length")
+        fault = reply_fault(self._pending, reply)
+        if fault is not None:
+            raise ReplyNotAllowed(fault)
         self._pending = None
         self._state = State.RECV_CDB
         return encode_reply(reply)
@@ -305,6 +247,116 @@ class ServerConnection:
     def _expect(self, state: State, what: str) -> None:
         if self._state is not state:
             raise RuntimeError(f"{what}() called in state {self._state.value}")
+
+    # -- per-state rules (the table is below the class) ---------------------------------
+
+    def _in_cdb(self) -> bool:
+        return bool(self._buf.data or self._cdb_fds)
+
+    def _want_features(self) -> ReadSpec:
+        return ReadSpec(max(FEATURES_SIZE - len(self._buf.data), 1), with_fds=False)
+
+    def _want_cdb(self) -> ReadSpec:
+        return ReadSpec(max(CDB_SIZE - len(self._buf.data), 1), with_fds=True)
+
+    def _want_parameters(self) -> ReadSpec:
+        need = CDB_SIZE + transfer_length(self._buf.data[:CDB_SIZE]) - len(self._buf.data)
+        return ReadSpec(max(need, 1), with_fds=False)
+
+    def _features(self) -> Event | _NeedData:
+        buf = self._buf
+        if len(buf.data) < FEATURES_SIZE:
+            if buf.eof:
+                raise QemuProtocolError("EOF during the feature handshake")
+            return NEED_DATA
+        requested = int.from_bytes(buf.data[:FEATURES_SIZE], "big")
+        del buf.data[:FEATURES_SIZE]
+        if requested & ~self._supported:
+            raise QemuProtocolError(f"unsupported features requested: {requested:#x}")
+        self._state = State.RECV_CDB
+        return FeaturesAgreed(requested)
+
+    def _cdb(self) -> Event | _NeedData:
+        buf = self._buf
+        if len(buf.data) < CDB_SIZE:
+            if buf.eof:
+                if not buf.data and not self._cdb_fds:
+                    self._state = State.CLOSED
+                    return Closed()
+                raise QemuProtocolError("EOF inside a CDB")
+            return NEED_DATA
+        cdb = buf.data[:CDB_SIZE]
+        if not self._cdb_fds:
+            raise QemuProtocolError("no fd with the CDB", NO_FD_MESSAGE)
+        if cdb[0] not in _PR_OPCODES:
+            raise QemuProtocolError(f"opcode {cdb[0]:#04x} is not PR IN/OUT",
+                                    INVALID_CDB_MESSAGE)
+        if transfer_length(cdb) > DATA_SIZE:
+            raise QemuProtocolError(f"transfer length {transfer_length(cdb)} over 8192")
+        self._state = State.RECV_PARAMETERS
+        return self._parameters()
+
+    def _parameters(self) -> Event | _NeedData:
+        buf = self._buf
+        length = (transfer_length(buf.data) if buf.data[0] == Opcode.PERSISTENT_RESERVE_OUT
+                  else 0)
+        end = CDB_SIZE + length
+        if len(buf.data) < end:
+            if buf.eof:
+                raise QemuProtocolError("EOF inside the parameter list", SHORT_DATA_MESSAGE)
+            return NEED_DATA
+        cdb = bytes(buf.data[:CDB_SIZE])
+        params = bytes(buf.data[CDB_SIZE:end])
+        del buf.data[:end]
+        (fd,) = self._cdb_fds
+        self._cdb_fds = []
+        self._pending = PrRequest(cdb, fd, params)
+        self._state = State.SEND_REPLY
+        return self._pending
+
+    def _awaiting_reply(self) -> Event | _NeedData:
+        return NEED_DATA
+
+    def _closed(self) -> Event | _NeedData:
+        return Closed()
+
+    def _failed(self) -> Event | _NeedData:
+        raise QemuProtocolError("connection already failed")
+
+
+_PR_OPCODES = (Opcode.PERSISTENT_RESERVE_IN, Opcode.PERSISTENT_RESERVE_OUT)
+
+
+def _always(conn: ServerConnection) -> bool:
+    return True
+
+
+def _never(conn: ServerConnection) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """What a state means for the shell: `read` (None: nothing to read in this state),
+    whether a message is in progress, and how buffered bytes become the next event."""
+
+    read: Callable[[ServerConnection], ReadSpec] | None
+    mid_message: Callable[[ServerConnection], bool]
+    advance: Callable[[ServerConnection], Event | _NeedData]
+
+
+_RULES: dict[State, _Rule] = {
+    State.SEND_FEATURES: _Rule(None, _never, ServerConnection._failed),
+    State.RECV_FEATURES: _Rule(ServerConnection._want_features, _always,
+                               ServerConnection._features),
+    State.RECV_CDB: _Rule(ServerConnection._want_cdb, ServerConnection._in_cdb,
+                          ServerConnection._cdb),
+    State.RECV_PARAMETERS: _Rule(ServerConnection._want_parameters, _always,
+                                 ServerConnection._parameters),
+    State.SEND_REPLY: _Rule(None, _never, ServerConnection._awaiting_reply),
+    State.CLOSED: _Rule(None, _never, ServerConnection._closed),
+    State.ERROR: _Rule(None, _never, ServerConnection._failed),
+}
 
 
 def encode_reply(reply: PrReply) -> bytes:
@@ -326,7 +378,7 @@ class ClientConnection:
             self._eof = True
         self._buf += data
 
-    def next_event(self) -> Event | _NeedData:
+    def next_event(self) -> Event | PrReply | _NeedData:
         if not self._features_seen:
             if len(self._buf) < FEATURES_SIZE:
                 return self._need()

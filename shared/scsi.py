@@ -121,12 +121,41 @@ class Sense:
 ZERO_SENSE = bytes(SENSE_SIZE)
 
 
-def service_action(cdb: bytes) -> int:
+@dataclass(frozen=True, slots=True)
+class PrReply:
+    """What a PR command came to, as QEMU receives it: the SCSI status byte, the full
+    96-byte sense field, and the PR IN data (empty for PR OUT and for any other status).
+
+    The one type for this triple: the worker maps an SG_IO outcome to it, the channel
+    carries it, the broker answers with it and the wire protocol encodes it. Which data
+    a reply may carry for which request is decided in one place, qemu_protocol's
+    `reply_fault`.
+    """
+
+    status: int
+    sense: bytes
+    data: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.status <= 0xFF:
+            raise ValueError(f"status {self.status} is not a SCSI status byte")
+        if len(self.sense) != SENSE_SIZE:
+            raise ValueError("sense must be exactly 96 bytes")
+        if len(self.data) > DATA_SIZE:
+            raise ValueError("reply data over 8192 bytes")
+
+    @classmethod
+    def generated(cls, status: Status, sense: SenseCode) -> PrReply:
+        """A reply prguard makes up itself (refusals, unknown outcomes): no data."""
+        return cls(int(status), sense.fixed_format())
+
+
+def service_action(cdb: bytes | bytearray) -> int:
     """Service action field of a PR IN/OUT CDB (byte 1, bits 0-4)."""
     return cdb[1] & 0x1F
 
 
-def transfer_length(cdb: bytes) -> int:
+def transfer_length(cdb: bytes | bytearray) -> int:
     """Bytes that follow the CDB (PR OUT) or that the initiator can take (PR IN).
 
     Both PR opcodes are in command group 2, where QEMU's scsi_cdb_xfer reads a BE16 at

@@ -79,7 +79,7 @@ def broker(sockdir: Path) -> Iterator[LoneBroker]:
 
 
 def answered(status: int, data: bytes) -> object:
-    return lambda request: SgIoResult(request.id, status, SENSE0, data).encode()
+    return lambda request: SgIoResult(request.id, PrReply(status, SENSE0, data)).encode()
 
 
 def test_a_plausible_answer_is_passed_on(broker: LoneBroker, fd_zoo: dict[str, int]) -> None:
@@ -123,7 +123,7 @@ def test_an_answer_carrying_an_fd_ends_the_broker(broker: LoneBroker,
         os.close(got[1])
         request = decode(got[0])
         assert isinstance(request, SgIoRequest)
-        fdpass.send_message(broker.channel, SgIoResult(request.id, 0, SENSE0, b"").encode(),
+        fdpass.send_message(broker.channel, SgIoResult(request.id, PrReply(0, SENSE0)).encode(),
                             fd_zoo["file"])
         asking.join(10)
     assert replies == [PrReply(Status.CHECK_CONDITION, LUN_COMM_FAILURE)]

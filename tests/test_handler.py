@@ -10,7 +10,7 @@ import pytest
 from prguard.client.session import pr_in_cdb, pr_out_cdb
 from prguard.shared.messages import Malformed, Message, Ready, Refused, SgIoRequest, SgIoResult
 from prguard.shared.rules import FdFacts, FdKind
-from prguard.shared.scsi import ZERO_SENSE, Sense, SenseCode, Status
+from prguard.shared.scsi import ZERO_SENSE, PrReply, Sense, SenseCode, Status
 from prguard.worker.handler import Job, run, screen
 from prguard.worker.sgio import SgIoOutcome
 
@@ -59,7 +59,7 @@ def test_every_refusal(datagram: bytes, fd: int | None, facts: FdFacts | None,
     (b"\xc1", "not a msgpack message"),
     (bytes(300), "not a msgpack message"),
     (Ready(1234).encode(), "Ready is not a request"),
-    (SgIoResult(1, 0, ZERO_SENSE, b"").encode(), "SgIoResult is not a request"),
+    (SgIoResult(1, PrReply(0, ZERO_SENSE)).encode(), "SgIoResult is not a request"),
 ])
 def test_what_is_not_a_request_is_malformed(datagram: bytes, reason: str) -> None:
     answer = screen(datagram, FD, DISK)
@@ -97,11 +97,12 @@ def test_run_hands_the_job_to_sg_io_and_maps_its_answer() -> None:
     job = Job(SgIoRequest(9, pr_in_cdb(0, 24), b""), FD, RDEV)
     result = run(job, sg_io)
     assert calls == [(FD, pr_in_cdb(0, 24), b"")]
-    assert result == SgIoResult(9, Status.GOOD, ZERO_SENSE, body)
+    assert result == SgIoResult(9, PrReply(Status.GOOD, ZERO_SENSE, body))
 
 
 def test_run_never_reports_good_for_a_failed_call() -> None:
     job = Job(SgIoRequest(3, pr_out_cdb(0, 24), bytes(24)), FD, RDEV)
     result = run(job, lambda fd, cdb, data: outcome(err=errno.EINVAL))
     assert isinstance(result, Message) and isinstance(result, SgIoResult)
-    assert result.id == 3 and result.status == Status.CHECK_CONDITION and result.data == b""
+    assert result.id == 3 and result.reply.status == Status.CHECK_CONDITION
+    assert result.reply.data == b""

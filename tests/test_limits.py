@@ -26,7 +26,8 @@ from lab.processes import (
     wait_for_path,
     wait_for_service,
 )
-from prguard.broker.limits import Admission, Limits
+from prguard.broker.admission import Admission, Admitted, Peer, Refused
+from prguard.broker.limits import Limits
 from prguard.client.session import Client, pr_in_cdb, pr_out_cdb, send_with_fds
 from prguard.shared.scsi import Status
 
@@ -55,16 +56,45 @@ def closed_after(sock: socket.socket, limit: float) -> float | None:
     return time.monotonic() - start
 
 
+def peer(pid: int) -> Peer:
+    return Peer(pid, 0, 0)
+
+
 def test_admission_counts_per_peer_and_in_all() -> None:
     admission = Admission(Limits(max_connections=3, max_per_peer=2))
-    assert admission.admit(10) is None and admission.admit(10) is None
-    assert admission.admit(10) is not None  # third from the same peer
-    assert admission.admit(11) is None
-    assert admission.full and admission.admit(12) is not None
-    admission.release(10)
-    assert not admission.full and admission.admit(12) is None
-    with pytest.raises(ValueError):
-        admission.release(99)
+    for key in ("a", "b", "d"):  # all of them past their handshake
+        assert admission.admit(key, peer(11 if key == "d" else 10)) == Admitted()
+        admission.handshake_done(key)
+    assert isinstance(admission.admit("c", peer(10)), Refused)  # third from the same peer
+    assert admission.full and not admission.accepting
+    assert isinstance(admission.admit("e", peer(12)), Refused)  # all slots taken
+    admission.release("a")
+    assert not admission.full and admission.accepting
+    assert admission.admit("e", peer(12)) == Admitted()
+    admission.release("zz")  # holds no slot: nothing happens
+    assert admission.total == 3
+
+
+def test_admission_evicts_the_oldest_handshaking_connection_to_make_room() -> None:
+    admission = Admission(Limits(max_connections=3, max_per_peer=2))
+    admission.admit("old", peer(1))
+    admission.admit("young", peer(2))
+    admission.admit("done", peer(3))
+    admission.handshake_done("done")
+    assert admission.full and admission.accepting  # there is someone to evict
+    assert admission.admit("new", peer(4)) == Admitted("old", peer(1))
+    admission.release("old")  # the shell's close of the evicted one changes nothing
+    assert admission.total == 3
+    assert admission.admit("newer", peer(4)) == Admitted("young", peer(2))
+    admission.handshake_done("new")
+    admission.handshake_done("newer")
+    assert not admission.accepting
+    # a newcomer whose own peer is at its limit evicts nobody
+    admission.release("done")
+    admission.admit("third", peer(5))
+    assert admission.admit("x", peer(4)) == Refused("3 connections open, the limit")
+    admission.release("third")  # "third" still held its slot: it was not evicted for it
+    assert admission.total == 2
 
 
 @pytest.mark.parametrize("stall", ["handshake", "cdb", "parameters"])

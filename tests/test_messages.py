@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -22,12 +20,13 @@ from prguard.shared.messages import (
     SgIoResult,
     decode,
 )
+from prguard.shared.scsi import PrReply
 
 SAMPLES: list[Message] = [
     SgIoRequest(1, bytes(16), b""),
     SgIoRequest(2**63 - 1, b"\x5f" + bytes(15), bytes(8192)),
-    SgIoResult(7, 0x18, bytes(96), b""),
-    SgIoResult(8, 0, bytes(96), b"k" * 8192),
+    SgIoResult(7, PrReply(0x18, bytes(96))),
+    SgIoResult(8, PrReply(0, bytes(96), b"k" * 8192)),
     Refused(9, 2, bytes(96), "PR OUT on a read-only fd"),
     Malformed("unknown message type"),
     Ready(1234),
@@ -51,34 +50,43 @@ def pack(body: object) -> bytes:
     return packed
 
 
-GOOD = {"v": VERSION, "t": int(MsgType.SGIO_REQUEST), "id": 1, "cdb": bytes(16), "data": b""}
+GOOD = [VERSION, int(MsgType.SGIO_REQUEST), 1, bytes(16), b""]
+
+
+def with_item(index: int, value: object) -> list[object]:
+    body = list(GOOD)
+    body[index] = value
+    return body
+
 
 BAD: list[tuple[str, bytes]] = [
     ("empty", b""),
     ("garbage", b"\xc1\xc1\xc1"),
-    ("not a map", pack([1, 2, 3])),
+    ("not an array", pack(5)),
+    ("a map", pack({"v": VERSION, "t": 0x10, "id": 1, "cdb": bytes(16), "data": b""})),
+    ("version alone", pack([VERSION])),
     ("trailing bytes", pack(GOOD) + b"\0"),
-    ("extra key", pack({**GOOD, "extra": 1})),
-    ("missing key", pack({k: v for k, v in GOOD.items() if k != "data"})),
-    ("wrong version", pack({**GOOD, "v": 2})),
-    ("bool version", pack({**GOOD, "v": True})),
-    ("unknown type", pack({**GOOD, "t": 0x7F})),
-    ("cdb as str", pack({**GOOD, "cdb": "x" * 16})),
-    ("cdb 15 bytes", pack({**GOOD, "cdb": bytes(15)})),
-    ("data 8193 bytes", pack({**GOOD, "data": bytes(8193)})),
-    ("id negative", pack({**GOOD, "id": -1})),
-    ("id bool", pack({**GOOD, "id": True})),
-    ("id float", pack({**GOOD, "id": 1.0})),
-    ("nested map", pack({**GOOD, "data": {"a": {"b": {}}}})),
-    ("array value", pack({**GOOD, "data": [1]})),
-    ("int key", pack({1: 2})),
+    ("extra field", pack([*GOOD, 1])),
+    ("missing field", pack(GOOD[:-1])),
+    ("wrong version", pack(with_item(0, 2))),
+    ("bool version", pack(with_item(0, True))),
+    ("unknown type", pack(with_item(1, 0x7F))),
+    ("bool type", pack(with_item(1, True))),
+    ("cdb as str", pack(with_item(3, "x" * 16))),
+    ("cdb 15 bytes", pack(with_item(3, bytes(15)))),
+    ("data 8193 bytes", pack(with_item(4, bytes(8193)))),
+    ("id negative", pack(with_item(2, -1))),
+    ("id bool", pack(with_item(2, True))),
+    ("id float", pack(with_item(2, 1.0))),
+    ("nested map", pack(with_item(4, {"a": {"b": {}}}))),
+    ("array value", pack(with_item(4, [1]))),
     ("huge bin", b"\xc6\xff\xff\xff\xff"),
+    ("huge array", b"\xdd\xff\xff\xff\xff"),
     ("oversize datagram", bytes(MAX_MESSAGE_SIZE + 1)),
-    ("sense 95 bytes", pack({"v": 1, "t": 0x11, "id": 1, "status": 0, "sense": bytes(95),
-                             "data": b""})),
-    ("status 256", pack({"v": 1, "t": 0x11, "id": 1, "status": 256, "sense": bytes(96),
-                         "data": b""})),
-    ("long reason", pack({"v": 1, "t": 0x15, "reason": "x" * 201})),
+    ("sense 95 bytes", pack([1, 0x11, 1, 0, bytes(95), b""])),
+    ("status 256", pack([1, 0x11, 1, 256, bytes(96), b""])),
+    ("status bool", pack([1, 0x11, 1, False, bytes(96), b""])),
+    ("long reason", pack([1, 0x15, "x" * 201])),
     ("ext type", b"\xd4\x01\x00"),
 ]
 
@@ -93,7 +101,7 @@ def test_constructors_refuse_what_decode_refuses() -> None:
     with pytest.raises(ChannelError):
         SgIoRequest(1, bytes(17), b"")
     with pytest.raises(ChannelError):
-        SgIoResult(1, 0, bytes(96), bytes(8193))
+        SgIoResult(1, (0, bytes(96), b""))  # type: ignore[arg-type]
 
 
 @settings(max_examples=1500, deadline=None)
@@ -106,11 +114,6 @@ def test_arbitrary_bytes_decode_or_raise_channel_error(wire: bytes) -> None:
     assert decode(message.encode()) == message  # what was accepted is what it says
 
 
-def canonical(body: dict[Any, Any]) -> bytes:
-    """The map's bytes with keys in one order (True and 1 still differ)."""
-    return pack(dict(sorted(body.items(), key=repr)))
-
-
 json_like = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1)
     | st.floats() | st.text(max_size=20) | st.binary(max_size=40),
@@ -119,20 +122,27 @@ json_like = st.recursive(
     max_leaves=20)
 
 
-KEYS = ["v", "t", "id", "cdb", "data", "status", "sense", "reason", "pid", "x"]
-#: each sample's own map with one key set to anything: near misses that often decode
-near_misses = st.builds(lambda base, key, value: {**base, key: value},
-                        st.sampled_from([msgpack.unpackb(m.encode()) for m in SAMPLES]),
-                        st.sampled_from(KEYS), json_like)
+#: each sample's own array with one item set to anything, or one too many or too few:
+#: near misses that often decode
+near_misses = st.one_of(
+    st.builds(lambda base, index, value: [*base[:index], value, *base[index + 1:]],
+              st.sampled_from([list(msgpack.unpackb(m.encode())) for m in SAMPLES]),
+              st.integers(min_value=0, max_value=5), json_like),
+    st.builds(lambda base, value: [*base, value],
+              st.sampled_from([list(msgpack.unpackb(m.encode())) for m in SAMPLES]),
+              json_like),
+    st.builds(lambda base: base[:-1],
+              st.sampled_from([list(msgpack.unpackb(m.encode())) for m in SAMPLES])),
+)
 
 
 @settings(max_examples=800, deadline=None)
-@given(near_misses | st.dictionaries(st.sampled_from(KEYS), json_like, max_size=7))
-def test_arbitrary_maps_decode_or_raise_channel_error(body: dict[str, object]) -> None:
+@given(near_misses | st.lists(json_like, max_size=7))
+def test_arbitrary_arrays_decode_or_raise_channel_error(body: list[object]) -> None:
     try:
         message = decode(pack(body))
     except ChannelError:
         return
-    # accepted only if the map is exactly the message's own: no extra key, no value
+    # accepted only if the array is exactly the message's own: no extra item, no value
     # read as something else (a bool as an int, a float as an int, str as bytes)
-    assert canonical(msgpack.unpackb(message.encode())) == canonical(dict(body))
+    assert message.encode() == pack(body)

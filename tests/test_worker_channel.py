@@ -27,7 +27,7 @@ from prguard.shared.messages import (
     SgIoResult,
     decode,
 )
-from prguard.shared.scsi import Sense, Status
+from prguard.shared.scsi import PrReply, Sense, Status
 
 
 class WorkerUnderTest:
@@ -75,19 +75,20 @@ def test_worker_runs_with_sys_rawio_only(worker: WorkerUnderTest) -> None:
 def test_valid_request_reaches_the_driver(worker: WorkerUnderTest, fd_zoo: dict[str, int]
                                           ) -> None:
     answer = worker.ask(request(pr_in_cdb(), rid=77), [fd_zoo["loop"]])
-    assert answer == SgIoResult(77, int(Status.CHECK_CONDITION),
-                                Sense.INVALID_FIELD.fixed_format(), b"")
+    assert answer == SgIoResult(77, PrReply(int(Status.CHECK_CONDITION),
+                                            Sense.INVALID_FIELD.fixed_format()))
 
 
 HOSTILE_DATAGRAMS = [
     b"",
     b"\x00" * 64,
     os.urandom(512),
-    msgpack.packb({"v": 1, "t": 0x10, "id": 1, "cdb": bytes(16), "data": b"", "x": 1}),
-    msgpack.packb({"v": 1, "t": 0x10, "id": "1", "cdb": bytes(16), "data": b""}),
-    msgpack.packb({"v": 1, "t": 0x10, "id": 1, "cdb": bytes(16), "data": bytes(9000)}),
+    msgpack.packb([1, 0x10, 1, bytes(16), b"", 1]),  # a field too many
+    msgpack.packb([1, 0x10, "1", bytes(16), b""]),  # id as str
+    msgpack.packb([1, 0x10, 1, bytes(16), bytes(9000)]),  # data over 8192
+    msgpack.packb({"v": 1, "t": 0x10, "id": 1, "cdb": bytes(16), "data": b""}),  # a map
     b"\x91" * 2000 + b"\x90",  # arrays nested 2000 deep
-    msgpack.packb({"v": 1, "t": 0x11, "id": 1, "status": 0, "sense": bytes(96), "data": b""}),
+    msgpack.packb([1, 0x11, 1, 0, bytes(96), b""]),  # an answer sent to the worker
     Ready(1).encode(),
 ]
 

@@ -2,7 +2,8 @@
 
 Pure decisions over the datagram and fd facts; the SG_IO itself is injected so the
 receiving thread runs it through the per-device gate and tests can see every refusal
-without a device.
+without a device. Each message type the worker accepts has its handler in `HANDLERS`;
+anything else it is sent is Malformed.
 
 At -vvv the worker logs every SG_IO it issued, one line each, after the call:
 
@@ -24,7 +25,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from prguard.shared.errors import ChannelError
-from prguard.shared.messages import Malformed, Message, Refused, SgIoRequest, SgIoResult, decode
+from prguard.shared.messages import (
+    Malformed,
+    Message,
+    MsgType,
+    Refused,
+    SgIoRequest,
+    SgIoResult,
+    decode,
+)
 from prguard.shared.rules import FdFacts, check_framing, check_request
 from prguard.shared.scsi import Opcode, Sense, Status, transfer_length
 from prguard.worker.outcome import map_outcome
@@ -42,7 +51,14 @@ class Job:
     rdev: int
 
 
-def screen(datagram: bytes, fd: int | None, facts: FdFacts | None) -> Job | Message:
+#: What screening a datagram comes to: work for the device, or the answer to send.
+Screened = Job | Message
+#: A message type's handler: the decoded message, its fd and the facts about that fd
+#: (None when there was no fd or it could not be inspected).
+Handler = Callable[[Message, int | None, FdFacts | None], Screened]
+
+
+def screen(datagram: bytes, fd: int | None, facts: FdFacts | None) -> Screened:
     """Turn a datagram into a Job, or into the answer that refuses it.
 
     `facts` is None when there was no fd (or it could not be inspected).
@@ -51,8 +67,15 @@ def screen(datagram: bytes, fd: int | None, facts: FdFacts | None) -> Job | Mess
         message = decode(datagram)
     except ChannelError as exc:
         return Malformed(str(exc)[:200])
-    if not isinstance(message, SgIoRequest):
+    handler = HANDLERS.get(message.TYPE)
+    if handler is None:
         return Malformed(f"{type(message).__name__} is not a request")
+    return handler(message, fd, facts)
+
+
+def _sg_io_request(message: Message, fd: int | None, facts: FdFacts | None) -> Screened:
+    """Re-validate everything the broker already checked: the worker trusts nobody."""
+    assert isinstance(message, SgIoRequest)
     request = message
     problem = check_framing(request.cdb, len(request.data))
     if problem is None and (fd is None or facts is None):
@@ -67,6 +90,11 @@ def screen(datagram: bytes, fd: int | None, facts: FdFacts | None) -> Job | Mess
     return Job(request, fd, facts.rdev)
 
 
+HANDLERS: dict[MsgType, Handler] = {
+    MsgType.SGIO_REQUEST: _sg_io_request,
+}
+
+
 def run(job: Job, sg_io: Callable[[int, bytes, bytes], SgIoOutcome]) -> SgIoResult:
     cdb = job.request.cdb
     outcome = sg_io(job.fd, cdb, job.request.data)
@@ -79,4 +107,4 @@ def run(job: Job, sg_io: Callable[[int, bytes, bytes], SgIoOutcome]) -> SgIoResu
                   outcome.driver_status, outcome.status, outcome.resid, reply.status,
                   f"{reply.sense[2] & 0xF:02x}/{reply.sense[12]:02x}/{reply.sense[13]:02x}"
                   if reply.status == Status.CHECK_CONDITION else "-", len(reply.data))
-    return SgIoResult(job.request.id, reply.status, reply.sense, reply.data)
+    return SgIoResult(job.request.id, reply)

@@ -9,9 +9,8 @@ outcome nobody can vouch for must never read as success.
 from __future__ import annotations
 
 import errno as E
-from dataclasses import dataclass
 
-from prguard.shared.scsi import SENSE_SIZE, Sense, SenseCode, Status
+from prguard.shared.scsi import SENSE_SIZE, PrReply, Sense, SenseCode, Status
 from prguard.worker.sgio import SgIoOutcome
 
 SG_ERR_DRIVER_TIMEOUT = 0x06
@@ -47,22 +46,15 @@ HOST_TABLE: dict[int, tuple[Status, SenseCode | None]] = {
 HOST_DEFAULT = (Status.CHECK_CONDITION, Sense.LUN_COMM_FAILURE)
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    sense: bytes
-    data: bytes
-
-
-def _generated(status: Status, code: SenseCode | None, kernel_sense: bytes) -> Reply:
+def _generated(status: Status, code: SenseCode | None, kernel_sense: bytes) -> PrReply:
     if code is None:
-        return Reply(int(status), kernel_sense, b"")
+        return PrReply(int(status), kernel_sense)
     # scsi_build_sense overwrites the first 18 bytes and leaves the rest as it was.
     built = code.fixed_format()
-    return Reply(int(status), built[:18] + kernel_sense[18:], b"")
+    return PrReply(int(status), built[:18] + kernel_sense[18:])
 
 
-def map_outcome(outcome: SgIoOutcome, allocation_length: int, pr_in: bool) -> Reply:
+def map_outcome(outcome: SgIoOutcome, allocation_length: int, pr_in: bool) -> PrReply:
     """Reply for QEMU. PR IN data: bytes transferred, cut to the allocation length."""
     sense = outcome.sense[:SENSE_SIZE].ljust(SENSE_SIZE, b"\0")
     if outcome.errno:
@@ -72,10 +64,10 @@ def map_outcome(outcome: SgIoOutcome, allocation_length: int, pr_in: bool) -> Re
         status, code = HOST_TABLE.get(outcome.host_status, HOST_DEFAULT)
         return _generated(status, code, sense)
     if outcome.driver_status & SG_ERR_DRIVER_TIMEOUT:
-        return Reply(int(Status.BUSY), sense, b"")
+        return PrReply(int(Status.BUSY), sense)
     if outcome.status != Status.GOOD:
-        return Reply(outcome.status, sense, b"")
+        return PrReply(outcome.status, sense)
     if not pr_in:
-        return Reply(int(Status.GOOD), sense, b"")
+        return PrReply(int(Status.GOOD), sense)
     transferred = len(outcome.data) - min(max(outcome.resid, 0), len(outcome.data))
-    return Reply(int(Status.GOOD), sense, outcome.data[:min(transferred, allocation_length)])
+    return PrReply(int(Status.GOOD), sense, outcome.data[:min(transferred, allocation_length)])
