@@ -43,9 +43,12 @@ def build_loadgen() -> Path:
 
 def run_loadgen(mode: str, device: str, sock: str | None = None, *, op: str = "readkeys",
                 clients: int = 1, duration: float = 2.0, warmup: float = 0.5,
-                count: int = 0, timeout: float = 5.0, expect: int = -1) -> Load:
-    """One run of the load generator: its JSON line (latencies in µs)."""
-    argv = [str(LOADGEN), "--mode", mode, "--device", device, "--op", op,
+                count: int = 0, timeout: float = 5.0, expect: int = -1,
+                cpus: str | None = None) -> Load:
+    """One run of the load generator: its JSON line (latencies in µs). `cpus`: the vCPUs
+    its client processes may run on (taskset's list), None for any."""
+    argv = ["taskset", "-c", cpus] if cpus is not None else []
+    argv += [str(LOADGEN), "--mode", mode, "--device", device, "--op", op,
             "--clients", str(clients), "--duration", str(duration), "--warmup", str(warmup),
             "--count", str(count), "--timeout", str(timeout), "--expect-status", str(expect)]
     if sock is not None:

@@ -14,12 +14,12 @@ import sys
 import time
 from typing import Any
 
-from bench import host, report
+from bench import cpu, host, report
 from bench.common import BENCH, REPO, RESULTS, build_loadgen, machine
 from lab import labvm
 from lab.loopdev import loop_device
 
-PARTS = ("protocol", "lab", "attack", "memory", "startup")
+PARTS = ("protocol", "cpu", "lab", "attack", "memory", "startup")
 README = BENCH / "README.md"
 BEGIN, END = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
 COMMAND = "make bench"
@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="measured seconds per run (2)")
     parser.add_argument("--warmup", type=float, default=0.5,
                         help="unmeasured seconds before each run (0.5)")
+    parser.add_argument("--requests", type=int, default=10_000,
+                        help="requests per counted CPU run, 8 clients (half with 1) (10000)")
     parser.add_argument("--no-lab", action="store_true", help="skip the LIO guest")
     parser.add_argument("--only", default=",".join(PARTS),
                         help=f"comma-separated parts ({','.join(PARTS)})")
@@ -85,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             log("1. protocol path (loop device)")
             result["protocol"] = host.protocol(device, args.rounds, args.duration,
                                                args.warmup, log)
+        if "cpu" in parts:
+            log("1b. CPU and system calls per request, by placement")
+            result["cpu"] = cpu.measure(device, args.rounds, args.requests, log)
         if "attack" in parts:
             log("3. under attack")
             result["attack"] = host.attack(device, max(8.0, args.duration), args.warmup, log)
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     log("")
     log(report.render(result))
     log(f"JSON: {RESULTS / f'bench-{stamp}.json'}")
-    if not args.no_readme and set(PARTS) <= set(parts):
+    if not args.no_readme and set(PARTS) - {"lab"} <= set(parts):
         write_readme(result)
         log(f"README section: {README}")
     return 0

@@ -49,6 +49,8 @@ class Requests:
         self._worker = worker
         self._sysfs_block_fd = sysfs_block_fd
         self._tracer = tracer
+        #: the broker's answer is not the last word (the worker checks again, fresh)
+        self._whole_disks = fdcheck.WholeDisks()
 
     def answer(self, conn: ServerConnection, request: PrRequest, peer: Peer,
                on_reply: OnReply) -> None:
@@ -60,7 +62,7 @@ class Requests:
             tracer.emit("prguard_request", pid=peer.pid, opcode=hex(request.cdb[0]),
                         sa=hex(service_action(request.cdb)), length=request.transfer_length)
         try:
-            facts = fdcheck.inspect_fd(request.fd, self._sysfs_block_fd)
+            facts = fdcheck.inspect_fd(request.fd, self._sysfs_block_fd, self._whole_disks)
         except OSError:
             facts = FdFacts(FdKind.OTHER, read_only=True)
         verdict = check_request(request.cdb, facts)

@@ -8,6 +8,7 @@ privileges; 7. serve. Any start-up error is one line on stderr and exit status 1
 from __future__ import annotations
 
 import logging
+import gc
 import os
 import signal
 import socket
@@ -137,6 +138,9 @@ def _fork_pair(opts: cli.Options, listener: listen.Listener, trace_sink: TextIO 
     probe_role, _, probe_call = probe.partition(":")
     broker_end, worker_end = socket.socketpair(
         socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    # Everything imported so far is shared by the two processes after the fork; frozen,
+    # the garbage collector never writes to those objects, so their pages stay shared.
+    gc.freeze()
     pid = os.fork()
     if pid == 0:
         listener.sock.close()

@@ -23,6 +23,7 @@ import enum
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from prguard.shared.errors import QemuProtocolError
 from prguard.shared.scsi import CDB_SIZE, DATA_SIZE, Opcode, Status, transfer_length
@@ -115,9 +116,9 @@ class _NeedData:
 NEED_DATA = _NeedData()
 
 
-@dataclass(frozen=True)
-class ReadSpec:
-    """How the shell reads next: at most `max_bytes`, with a control buffer or not.
+class ReadSpec(NamedTuple):
+    """How the shell reads next: at most `max_bytes`, with a control buffer or not (a
+    tuple: built for every read).
 
     Reading with fds only where the C helper does matters: fds sent along with bytes
     read without a control buffer are discarded by the kernel, and the C helper relies
@@ -335,8 +336,7 @@ def _never(conn: ServerConnection) -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class _Rule:
+class _Rule(NamedTuple):
     """What a state means for the shell: `read` (None: nothing to read in this state),
     whether a message is in progress, and how buffered bytes become the next event."""
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from prguard.shared.scsi import (
     CDB_SIZE,
@@ -43,9 +44,8 @@ class FdKind(enum.Enum):
     OTHER = "not a SCSI device"
 
 
-@dataclass(frozen=True)
-class FdFacts:
-    """What fstat/fcntl say about a received fd."""
+class FdFacts(NamedTuple):
+    """What fstat/fcntl say about a received fd (a tuple: built on every request)."""
 
     kind: FdKind
     read_only: bool

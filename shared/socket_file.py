@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,7 +67,7 @@ def _in_directory(directory: str) -> Iterator[int]:
 def create(path: str, backlog: int) -> tuple[socket.socket, SocketFile]:
     """A listening unix stream socket at `path`; OSError if it cannot be made."""
     directory, name = os.path.split(path)
-    temporary = f".prguard-{secrets.token_hex(4)}"
+    temporary = f".prguard-{os.urandom(4).hex()}"  # not secrets: it loads libcrypto
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         with _in_directory(directory or "/") as dirfd:

@@ -163,21 +163,24 @@ def test_one_ioctl_call_site() -> None:
     assert calls_to("ioctl") == {"worker/sgio.py"}
 
 
-#: What a message field may hold: immutable scalars, nothing ad hoc (no dict, list, Any).
-FIELD_TYPES = {"int", "bytes", "str", "bool"}
+#: What a message field may hold: immutable scalars, nothing ad hoc (no dict, list, Any),
+#: or the reply triple, itself a frozen class of such scalars (checked below as well).
+FIELD_TYPES = {"int", "bytes", "str", "bool", "PrReply"}
 
 
 def test_every_message_class_is_frozen_and_plainly_typed() -> None:
     from dataclasses import fields, is_dataclass
 
-    from prguard.shared import messages, qemu_protocol
+    from prguard.shared import messages, qemu_protocol, scsi
     checked = []
-    for module in (messages, qemu_protocol):
+    for module in (messages, qemu_protocol, scsi):
         for obj in vars(module).values():
             if isinstance(obj, type) and is_dataclass(obj) and obj.__module__ == module.__name__:
                 assert obj.__dataclass_params__.frozen, obj  # type: ignore[attr-defined]
                 for f in fields(obj):
                     assert f.type in FIELD_TYPES, (obj, f.name, f.type)
+                    if f.type == "PrReply":
+                        assert {g.type for g in fields(scsi.PrReply)} <= {"int", "bytes"}
                 checked.append(obj.__name__)
     assert {"SgIoRequest", "SgIoResult", "Refused", "PrRequest", "PrReply"} <= set(checked)
 

@@ -22,7 +22,7 @@ import errno
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from prguard.shared.errors import ChannelError
 from prguard.shared.messages import (
@@ -42,8 +42,7 @@ from prguard.worker.sgio import SgIoOutcome
 log = logging.getLogger("prguard.worker")
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(NamedTuple):
     """A request that passed every check and may go to the device."""
 
     request: SgIoRequest

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from prguard.shared.scsi import CDB_SIZE, DATA_SIZE, SENSE_SIZE, Opcode
 
@@ -50,8 +52,7 @@ class SgIoHdr(ctypes.Structure):
     ]
 
 
-@dataclass(frozen=True)
-class SgIoOutcome:
+class SgIoOutcome(NamedTuple):
     """What the kernel said: an errno, or the header's output fields, plus buffers."""
 
     errno: int
@@ -60,7 +61,7 @@ class SgIoOutcome:
     driver_status: int
     resid: int
     sense: bytes
-    data: bytes  #: the whole data buffer as it stands after the call
+    data: bytes  #: the data buffer (dxfer_len bytes) as it stands after the call
 
 
 @dataclass(frozen=True)
@@ -73,46 +74,85 @@ class Prepared:
     data: ctypes.Array[ctypes.c_char]
 
 
-def prepare(cdb: bytes, parameter_list: bytes, timeout_ms: int) -> Prepared:
-    """Build the header for one PR IN/OUT CDB; every field is the worker's choice."""
+class _Buffers(threading.local):
+    """Each thread's own header and buffers, reused call after call: allocating 8 KiB
+    and a ctypes structure per request cost more than the rest of the worker's work.
+    `templates` holds the header as prepare() fills it, per direction, so that a call
+    starts from a copy of it rather than from field-by-field assignments."""
+
+    def __init__(self) -> None:
+        self.prepared = Prepared(SgIoHdr(), ctypes.create_string_buffer(CDB_SIZE),
+                                 ctypes.create_string_buffer(SENSE_SIZE),
+                                 ctypes.create_string_buffer(DATA_SIZE))
+        self.templates: dict[tuple[bool, int], bytes] = {}
+
+
+_buffers = _Buffers()
+
+
+def prepare(cdb: bytes, parameter_list: bytes, timeout_ms: int,
+            into: Prepared | None = None) -> Prepared:
+    """Build the header for one PR IN/OUT CDB; every field is the worker's choice.
+    `into`: buffers to reuse (cleared first: nothing of an earlier call stays)."""
     if len(cdb) != CDB_SIZE:
         raise ValueError("CDB must be 16 bytes")
     pr_in = cdb[0] == Opcode.PERSISTENT_RESERVE_IN
-    cdb_buf = ctypes.create_string_buffer(cdb, CDB_SIZE)
-    sense_buf = ctypes.create_string_buffer(SENSE_SIZE)
-    if pr_in:
-        data_buf = ctypes.create_string_buffer(DATA_SIZE)
+    if into is None:
+        into = Prepared(SgIoHdr(), ctypes.create_string_buffer(CDB_SIZE),
+                        ctypes.create_string_buffer(SENSE_SIZE),
+                        ctypes.create_string_buffer(DATA_SIZE))
     else:
-        data_buf = ctypes.create_string_buffer(parameter_list, max(len(parameter_list), 1))
-    hdr = SgIoHdr()
+        ctypes.memset(into.sense, 0, SENSE_SIZE)
+        ctypes.memset(into.data, 0, DATA_SIZE)
+    ctypes.memmove(into.cdb, cdb, CDB_SIZE)
+    if not pr_in:
+        ctypes.memmove(into.data, parameter_list, len(parameter_list))
+    hdr = into.hdr
+    ctypes.memset(ctypes.addressof(hdr), 0, ctypes.sizeof(hdr))
     hdr.interface_id = SG_INTERFACE_ID
     hdr.dxfer_direction = SG_DXFER_FROM_DEV if pr_in else SG_DXFER_TO_DEV
     hdr.cmd_len = CDB_SIZE
     hdr.mx_sb_len = SENSE_SIZE
     hdr.iovec_count = 0
     hdr.dxfer_len = DATA_SIZE if pr_in else len(parameter_list)
-    hdr.dxferp = ctypes.addressof(data_buf)
-    hdr.cmdp = ctypes.addressof(cdb_buf)
-    hdr.sbp = ctypes.addressof(sense_buf)
+    hdr.dxferp = ctypes.addressof(into.data)
+    hdr.cmdp = ctypes.addressof(into.cdb)
+    hdr.sbp = ctypes.addressof(into.sense)
     hdr.timeout = timeout_ms
-    return Prepared(hdr, cdb_buf, sense_buf, data_buf)
+    return into
+
+
+def _prepare_fast(cdb: bytes, parameter_list: bytes, timeout_ms: int) -> Prepared:
+    """prepare() into this thread's buffers, the header copied from its template."""
+    buffers = _buffers
+    prepared = buffers.prepared
+    pr_in = cdb[0] == Opcode.PERSISTENT_RESERVE_IN
+    key = (pr_in, timeout_ms)
+    template = buffers.templates.get(key)
+    if template is None or len(cdb) != CDB_SIZE:
+        prepare(cdb, parameter_list, timeout_ms, prepared)
+        buffers.templates[key] = bytes(prepared.hdr)
+        return prepared
+    ctypes.memset(prepared.sense, 0, SENSE_SIZE)
+    ctypes.memset(prepared.data, 0, DATA_SIZE)
+    ctypes.memmove(prepared.cdb, cdb, CDB_SIZE)
+    hdr = prepared.hdr
+    ctypes.memmove(ctypes.addressof(hdr), template, len(template))
+    if not pr_in:
+        ctypes.memmove(prepared.data, parameter_list, len(parameter_list))
+        hdr.dxfer_len = len(parameter_list)
+    return prepared
 
 
 def issue(fd: int, cdb: bytes, parameter_list: bytes, timeout_ms: int) -> SgIoOutcome:
     """Run one PR IN/OUT CDB on `fd`. Blocks (without the GIL) until the kernel answers."""
-    prepared = prepare(cdb, parameter_list, timeout_ms)
+    prepared = _prepare_fast(cdb, parameter_list, timeout_ms)
     hdr = prepared.hdr
     errno = 0
     try:
         fcntl.ioctl(fd, SG_IO, hdr, True)
     except OSError as exc:
         errno = exc.errno or 0
-    return SgIoOutcome(
-        errno=errno,
-        status=hdr.status,
-        host_status=hdr.host_status,
-        driver_status=hdr.driver_status,
-        resid=hdr.resid,
-        sense=prepared.sense.raw,
-        data=prepared.data.raw[:hdr.dxfer_len],
-    )
+    return SgIoOutcome(errno, hdr.status, hdr.host_status, hdr.driver_status, hdr.resid,
+                       prepared.sense.raw,
+                       ctypes.string_at(prepared.data, hdr.dxfer_len) if not errno else b"")

@@ -1,0 +1,93 @@
+"""The request path's pieces, each timed in-process on the real code (µs per call).
+
+What each process does for one READ KEYS on a loop device, split as the profile reports
+it: parse (the QEMU bytes into a request / the datagram into a message), check (fd facts
+and the request rules), encode (the message to the other process), ioctl (SG_IO and
+building its header), decode (the other process's message), reply (mapping the outcome
+/ settling and encoding the reply). Whatever a process spends beyond the sum of its
+pieces is system calls for sockets and the cost of being woken (the event loop, context
+switches, cross-vCPU wake-ups), which only the whole-process figures show.
+"""
+
+from __future__ import annotations
+
+import os
+import timeit
+from collections.abc import Callable
+
+from prguard.broker.admission import Peer
+from prguard.broker.requests import Requests
+from prguard.broker.trace import Tracer
+from prguard.shared import fdcheck
+from prguard.shared.messages import SgIoRequest, SgIoResult, decode
+from prguard.shared.qemu_protocol import PrRequest, ServerConnection
+from prguard.shared.rules import check_request
+from prguard.shared.scsi import PrReply, Sense, Status
+from prguard.worker import handler, sgio
+from prguard.worker.outcome import map_outcome
+
+CDB = bytes([0x5E, 0, 0, 0, 0, 0, 0]) + (8192).to_bytes(2, "big") + bytes(7)
+REPEAT = 5
+
+
+def _time(fn: Callable[[], object], number: int) -> float:
+    return min(timeit.repeat(fn, number=number, repeat=REPEAT)) / number * 1e6
+
+
+def measure(device: str, number: int = 5000) -> dict[str, dict[str, float]]:
+    """{process: {piece: µs per request}} for the broker and the worker."""
+    sysfs = fdcheck.open_sysfs_block()
+    fd = os.open(device, os.O_RDWR)
+    try:
+        conn = ServerConnection()
+        conn.initiate()
+        conn.receive_data(bytes(4))
+        conn.next_event()
+        peer = Peer(1, 0, 0)
+        # only its settle() runs here, which needs no worker
+        requests = Requests(None, sysfs, Tracer(frozenset(), None))  # type: ignore[arg-type]
+        whole = fdcheck.WholeDisks()
+        result = SgIoResult(1, PrReply(Status.CHECK_CONDITION, Sense.INVALID_FIELD.fixed_format()))
+        result_wire = result.encode()
+        request_wire = SgIoRequest(1, CDB, b"").encode()
+        facts = fdcheck.inspect_fd(fd, sysfs)
+        outcome = sgio.issue(fd, CDB, b"", 30000)
+        job = handler.screen(request_wire, fd, facts)
+        assert isinstance(job, handler.Job)
+
+        def parse_and_reply() -> None:
+            conn.wanted()
+            conn.receive_data(CDB, (fd,))
+            request = conn.next_event()
+            assert isinstance(request, PrRequest)
+            requests.settle(conn, request, peer, result.reply)
+
+        def parse_only() -> None:
+            conn.wanted()
+            conn.receive_data(CDB, (fd,))
+            conn.next_event()
+            conn._state = type(conn._state).RECV_CDB  # back to waiting for a CDB
+            conn._pending = None
+
+        parse = _time(parse_only, number)
+        broker = {
+            "parse": parse,
+            "check": _time(lambda: check_request(CDB, fdcheck.inspect_fd(fd, sysfs, whole)),
+                           number),
+            "encode": _time(lambda: SgIoRequest(1, CDB, b"").encode(), number),
+            "decode": _time(lambda: decode(result_wire), number),
+            "reply": max(_time(parse_and_reply, number) - parse, 0.0),
+        }
+        worker = {
+            "parse": _time(lambda: decode(request_wire), number),
+            "check": _time(lambda: handler.screen(request_wire, fd,
+                                                  fdcheck.inspect_fd(fd, sysfs)), number)
+            - _time(lambda: decode(request_wire), number),
+            "ioctl": _time(lambda: sgio.issue(fd, CDB, b"", 30000), number),
+            "reply": _time(lambda: map_outcome(outcome, 8192, pr_in=True), number),
+            "encode": _time(lambda: result.encode(), number),
+        }
+        return {"broker": broker, "worker": worker}
+    finally:
+        os.close(fd)
+        os.close(sysfs)
