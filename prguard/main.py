@@ -7,8 +7,8 @@ privileges; 7. serve. Any start-up error is one line on stderr and exit status 1
 
 from __future__ import annotations
 
-import logging
 import gc
+import logging
 import os
 import signal
 import socket
