@@ -1,27 +1,22 @@
-"""The command line of prguard-client turned into what to do: no I/O but reading the
-TransportIDs a `--transport-id=file=NAME` (or `-`) names, as sg_persist does.
+"""The command line of prguard-client: its options and their documentation, no I/O.
 
-Options, their spelling, number bases and exit codes are sg_persist's, so an operator
-checks a deployment with the commands they already know; `SG_PERSIST` says, option by
-option, how sg_persist spells it and where this command differs. A command is a
-`PrCommand` (one PERSISTENT RESERVE IN/OUT) or `ShowVersion`; another kind of command
-(asking the running daemon about itself, say) is one more class in `Command` and one
-more branch in cli.py.
+Options, their spelling, number bases (numbers.py) and exit status are sg_persist's, so an
+operator checks a deployment with the commands they already know. The tables here are the
+one source of both --help and the man page: `SG_PERSIST` says, option by option, how
+sg_persist spells it and where this command differs; `MAN_NOTES` adds the page's words.
+What the options ask for is command.py's business.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from prguard.client import encode
 from prguard.client.daemon_status import DEFAULT_METRICS_FILE, DEFAULT_UNIT
 from prguard.client.exit_status import ExitStatus
+from prguard.client.numbers import hex_key, hex_number, maxlen, seconds
 from prguard.shared.scsi import DATA_SIZE, PrInAction, PrOutAction
 
 PROG = "prguard-client"
@@ -43,7 +38,7 @@ class UsageError(Exception):
         self.status = status
 
 
-def _contradiction(message: str) -> UsageError:
+def contradiction(message: str) -> UsageError:
     return UsageError(message, ExitStatus.CONTRADICT)
 
 
@@ -88,9 +83,9 @@ ACTIONS: dict[str, Action] = {a.option: a for a in (
            PrOutAction.REPLACE_LOST_RESERVATION, ("-x",)),
 )}
 DEFAULT_ACTION = ACTIONS["read-keys"]  # sg_persist's
-_TAKES_TRANSPORT_IDS = ("register", "register-ignore", "register-move")
+TAKES_TRANSPORT_IDS = ("register", "register-ignore", "register-move")
 #: sg_persist warns when these are sent with TYPE 0 (obsolete): the type must match.
-_NEEDS_TYPE = ("reserve", "release", "preempt", "preempt-abort")
+NEEDS_TYPE = ("reserve", "release", "preempt", "preempt-abort")
 
 
 @dataclass(frozen=True)
@@ -222,109 +217,6 @@ Examples:
 """
 
 
-# -- what a command line asks for -------------------------------------------------------
-
-@dataclass(frozen=True)
-class Request:
-    action: Action
-    cdb: bytes
-    parameter_list: bytes = b""
-
-    @property
-    def allocation_length(self) -> int:
-        """PR IN's allocation length (CDB bytes 7-8)."""
-        return int.from_bytes(self.cdb[7:9], "big")
-
-
-@dataclass(frozen=True)
-class PrCommand:
-    """One PERSISTENT RESERVE IN or OUT through the helper."""
-
-    device: str
-    socket_path: str
-    request: Request
-    read_only: bool
-    timeout: float
-    json: bool
-    hex: int  #: -H count: sg_persist's hex forms of PR IN data
-    verbose: int
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ShowVersion:
-    """-V: the version, all else ignored (as sg_persist does)."""
-
-
-@dataclass(frozen=True)
-class DaemonStatusCommand:
-    """--daemon-status: what the running prguard publishes about itself."""
-
-    metrics_file: str
-    unit: str
-    json: bool
-
-
-Command = PrCommand | ShowVersion | DaemonStatusCommand
-
-
-# -- numbers, as sg_persist reads them ----------------------------------------------------
-
-_HEX = re.compile(r"(?:0[xX])?([0-9a-fA-F]+)")
-#: sg3_utils' sg_get_num: decimal, 0x-prefixed or h-suffixed hex, and a multiplier.
-_NUM = re.compile(r"(?:0[xX](?P<hex>[0-9a-fA-F]+)|(?P<hexh>[0-9a-fA-F]+)[hH]"
-                  r"|(?P<dec>[0-9]+)(?P<unit>[a-zA-Z]*))")
-_UNITS = {"": 1, "c": 1, "w": 2, "b": 512, "k": 1024, "kib": 1024, "kb": 1000, "kd": 1000,
-          "m": 2**20, "mib": 2**20, "mb": 10**6, "md": 10**6}
-
-
-def _hex(limit: int, what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        match = _HEX.fullmatch(text.strip())
-        if match is None:
-            raise argparse.ArgumentTypeError(f"{what} {text!r} is not a hex number")
-        value = int(match.group(1), 16)
-        if value > limit:
-            raise argparse.ArgumentTypeError(
-                f"{what} {text} is over {limit:#x} ({limit})" if limit > 9 else
-                f"{what} {text} is over {limit}")
-        return value
-    return parse
-
-
-def _maxlen(text: str) -> int:
-    match = _NUM.fullmatch(text.strip())
-    unit = (match.group("unit") or "").lower() if match else ""
-    if match is None or unit not in _UNITS:
-        raise argparse.ArgumentTypeError(f"allocation length {text!r} is not a number")
-    if match.group("hex") or match.group("hexh"):
-        value = int(match.group("hex") or match.group("hexh"), 16)
-    else:
-        value = int(match.group("dec")) * _UNITS[unit]
-    if value > DATA_SIZE:
-        raise argparse.ArgumentTypeError(f"allocation length {text} is over {DATA_SIZE}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("the timeout must be positive")
-    return value
-
-
-def _hex_key(text: str) -> int:
-    match = _HEX.fullmatch(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"key {text!r} is not a hex number")
-    if len(match.group(1).lstrip("0")) > 16:
-        raise argparse.ArgumentTypeError(f"key {text!r} does not fit in 8 bytes")
-    return int(match.group(1), 16)
-
-
 # -- the parser ---------------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
@@ -357,11 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
                              const=action.option, help=f"{direction} {action.title}"
                                   + (" (the default)" if action is DEFAULT_ACTION else ""))
     params = parser.add_argument_group("PR OUT parameters")
-    params.add_argument("-K", "--param-rk", metavar="RK", type=_hex_key, default=None,
+    params.add_argument("-K", "--param-rk", metavar="RK", type=hex_key, default=None,
                         help="RESERVATION KEY (hex; default 0)")
-    params.add_argument("-S", "--param-sark", metavar="SARK", type=_hex_key, default=None,
+    params.add_argument("-S", "--param-sark", metavar="SARK", type=hex_key, default=None,
                         help="SERVICE ACTION RESERVATION KEY (hex; default 0)")
-    params.add_argument("-T", "--prout-type", metavar="TYPE", type=_hex(0xF, "type"),
+    params.add_argument("-T", "--prout-type", metavar="TYPE", type=hex_number(0xF, "type"),
                         default=None,
                         help="reservation TYPE (hex): 1 WE, 3 EA, 5 WE_RO, 6 EA_RO, 7 WE_AR, "
                              "8 EA_AR")
@@ -372,16 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("-X", "--transport-id", metavar="TIDS", action="append", default=[],
                         help="TransportID(s) (see below); may be repeated")
     params.add_argument("-Q", "--relative-target-port", metavar="RTPI",
-                        type=_hex(0xFFFF, "relative target port"), default=None,
+                        type=hex_number(0xFFFF, "relative target port"), default=None,
                         help="REGISTER AND MOVE: the target port to move to (hex)")
     params.add_argument("-U", "--unreg", "--param-unreg", dest="unreg", action="store_true",
                         help="REGISTER AND MOVE: unregister this I_T nexus")
     other = parser.add_argument_group("other options")
     other.add_argument("-l", "--alloc-length", metavar="LEN", default=None,
-                       type=_hex(DATA_SIZE, "allocation length"),
+                       type=hex_number(DATA_SIZE, "allocation length"),
                        help=f"PR IN allocation length, hex (default and most: "
                             f"{DATA_SIZE:x}, the protocol's {DATA_SIZE})")
-    other.add_argument("-m", "--maxlen", metavar="LEN", default=None, type=_maxlen,
+    other.add_argument("-m", "--maxlen", metavar="LEN", default=None, type=maxlen,
                        help="PR IN allocation length, decimal (or 0x.., ..h, 8k)")
     other.add_argument("-n", "--no-inquiry", action="store_true",
                        help="accepted for sg_persist's sake: no INQUIRY is ever sent")
@@ -391,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     other.add_argument("-H", "--hex", action="count", default=0,
                        help="PR IN data in hex, as sg_persist shows it (-HH all of it, "
                             "-HHH without offsets)")
-    other.add_argument("--timeout", metavar="SECONDS", type=_seconds,
+    other.add_argument("--timeout", metavar="SECONDS", type=seconds,
                        default=DEFAULT_TIMEOUT,
                        help=f"give up on the helper after this long (default "
                             f"{DEFAULT_TIMEOUT:g})")
@@ -450,167 +342,3 @@ def wants_json(argv: Sequence[str]) -> bool:
     return False
 
 
-# -- from the parsed options to a command ---------------------------------------------------
-
-def _read_transport_ids(source: str) -> list[bytes]:
-    """TransportIDs from a file (file=NAME) or stdin (-), one a line, `#` to the end of a
-    line a comment, blank lines ignored."""
-    try:
-        if source == "-":
-            text = sys.stdin.read()
-        else:
-            with open(source, encoding="utf-8") as lines:
-                text = lines.read()
-    except OSError as err:
-        raise UsageError(f"cannot read TransportIDs from {source}: {err.strerror}") from err
-    except UnicodeDecodeError as err:
-        raise UsageError(f"TransportIDs in {source} are not UTF-8 text") from err
-    tids: list[bytes] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        entry = line.partition("#")[0].strip()
-        if entry:
-            try:
-                tids.append(encode.parse_transport_id(entry))
-            except encode.EncodeError as err:
-                raise UsageError(f"{source} line {number}: {err}") from err
-    if len(tids) > MAX_TRANSPORT_IDS:
-        raise UsageError(f"{source} holds {len(tids)} TransportIDs, more than "
-                         f"{MAX_TRANSPORT_IDS}")
-    return tids
-
-
-def _transport_ids(texts: Sequence[str]) -> list[bytes]:
-    tids: list[bytes] = []
-    for text in texts:
-        if text == "-" or text.lower().startswith("file="):
-            tids += _read_transport_ids("-" if text == "-" else text[len("file="):])
-        else:
-            try:
-                tids.append(encode.parse_transport_id(text))
-            except encode.EncodeError as err:
-                raise UsageError(str(err)) from err
-    return tids
-
-
-def _choose_action(args: argparse.Namespace) -> Action:
-    if args.pr_in and args.pr_out:
-        raise _contradiction("--in and --out exclude each other")
-    chosen = list(dict.fromkeys(args.actions or ()))
-    if len(chosen) > 1:
-        raise _contradiction(f"one action at a time: --{' and --'.join(chosen)} given")
-    if not chosen:
-        if args.pr_out:
-            raise _contradiction("--out needs a PR OUT action (--register, --reserve, ...)")
-        return DEFAULT_ACTION
-    action = ACTIONS[chosen[0]]
-    if action.pr_out and args.pr_in:
-        raise _contradiction(f"--{action.option} is a PR OUT action, not --in")
-    if action.pr_out and not args.pr_out:
-        raise _contradiction(f"--{action.option} is a PR OUT action: give --out too, as "
-                             f"sg_persist requires (a safeguard)")
-    if args.pr_out and not action.pr_out:
-        raise _contradiction(f"--{action.option} is a PR IN action, not --out")
-    return action
-
-
-def _only_with(args: argparse.Namespace, action: Action) -> None:
-    """Refuse options that mean nothing for this action rather than silently drop them."""
-    pr_out_only = {"--param-rk": args.param_rk is not None,
-                   "--param-sark": args.param_sark is not None,
-                   "--prout-type": args.prout_type is not None,
-                   "--param-aptpl": args.param_aptpl,
-                   "--param-alltgpt": args.param_alltgpt}
-    move_only = {"--relative-target-port": args.relative_target_port is not None,
-                 "--unreg": args.unreg}
-    given = [name for name, on in pr_out_only.items() if on and not action.pr_out]
-    given += [name for name, on in move_only.items() if on and action.option != "register-move"]
-    if args.transport_id and action.option not in _TAKES_TRANSPORT_IDS:
-        given.append("--transport-id")
-    if args.param_alltgpt and action.option == "register-move":
-        given.append("--param-alltgpt")
-    if action.pr_out:
-        given += [name for name, on in (("--alloc-length", args.alloc_length is not None),
-                                        ("--maxlen", args.maxlen is not None),
-                                        ("--hex", args.hex > 0)) if on]
-    if given:
-        raise _contradiction(f"{', '.join(given)} cannot be used with --{action.option}")
-
-
-def build_request(args: argparse.Namespace) -> Request:
-    action = _choose_action(args)
-    _only_with(args, action)
-    if args.alloc_length is not None and args.maxlen is not None:
-        raise _contradiction("--alloc-length and --maxlen both set the allocation length")
-    try:
-        if isinstance(action.code, PrInAction):
-            length = next((n for n in (args.alloc_length, args.maxlen) if n is not None),
-                          DATA_SIZE)
-            return Request(action, encode.pr_in_cdb(action.code, length))
-        key = args.param_rk or 0
-        sa_key = args.param_sark or 0
-        tids = _transport_ids(args.transport_id)
-        if action.code is PrOutAction.REGISTER_AND_MOVE:
-            if len(tids) != 1 or args.relative_target_port is None:
-                raise _contradiction("--register-move needs one --transport-id and "
-                                     "--relative-target-port")
-            params = encode.register_and_move_parameters(
-                key, sa_key, tids[0], relative_target_port=args.relative_target_port,
-                unreg=args.unreg, aptpl=args.param_aptpl)
-        else:
-            params = encode.pr_out_parameters(key, sa_key, all_tg_pt=args.param_alltgpt,
-                                              aptpl=args.param_aptpl, transport_ids=tids)
-        cdb = encode.pr_out_cdb(action.code, len(params), args.prout_type or 0)
-    except encode.EncodeError as err:
-        raise UsageError(str(err)) from err
-    return Request(action, cdb, params)
-
-
-def _device(args: argparse.Namespace) -> str:
-    if args.device is not None and args.device_option is not None:
-        raise UsageError(f"DEVICE given twice: {args.device_option} (--device) and "
-                         f"{args.device}")
-    device = args.device if args.device is not None else args.device_option
-    if not device:
-        raise UsageError("no DEVICE given")
-    return str(device)
-
-
-def _read_only(args: argparse.Namespace, action: Action, environ: dict[str, str]) -> bool:
-    if args.readonly >= 2:
-        return False  # -yy: read-write whatever the environment says
-    return args.readonly == 1 or (READ_ONLY_ENV in environ and not action.pr_out)
-
-
-def parse(argv: Sequence[str], environ: dict[str, str] | None = None) -> Command:
-    """The command a command line asks for; raises UsageError."""
-    args = build_parser().parse_args(underscores_as_dashes(argv))
-    if args.version:
-        return ShowVersion()
-    if args.daemon_status:
-        return _daemon_status(args)
-    if args.metrics_file != DEFAULT_METRICS_FILE or args.unit != DEFAULT_UNIT:
-        raise _contradiction("--metrics-file and --unit go with --daemon-status")
-    device = _device(args)
-    if args.hex and args.json:
-        raise _contradiction("--hex and --json exclude each other")
-    request = build_request(args)
-    warnings: list[str] = []
-    if request.action.option in _NEEDS_TYPE and args.prout_type is None:
-        warnings.append("--prout-type probably needs to be given")
-    environ = dict(os.environ) if environ is None else environ
-    return PrCommand(device=device, socket_path=args.socket, request=request,
-                     read_only=_read_only(args, request.action, environ),
-                     timeout=args.timeout, json=args.json, hex=args.hex,
-                     verbose=args.verbose, warnings=tuple(warnings))
-
-
-def _daemon_status(args: argparse.Namespace) -> DaemonStatusCommand:
-    """--daemon-status takes no DEVICE and no option of a PR command."""
-    pr_options = [name for name, given in (
-        ("DEVICE", args.device is not None or args.device_option is not None),
-        ("--in", args.pr_in), ("--out", args.pr_out), ("an action", bool(args.actions)),
-        ("--hex", args.hex > 0), ("--readonly", args.readonly > 0),
-        ("--verbose", args.verbose > 0)) if given]
-    if pr_options:
-        raise _contradiction(f"--daemon-status takes no {', '.join(pr_options)}")
-    return DaemonStatusCommand(args.metrics_file, args.unit, args.json)

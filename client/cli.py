@@ -5,10 +5,11 @@ It does what QEMU does for a guest: opens the device itself, connects to the hel
 socket (prguard or qemu-pr-helper: same protocol), answers the handshake, sends one CDB
 with the device fd attached and, for PR OUT, the parameter list, then reads the reply.
 
-The parts: the command line turned into a command (arguments.py, no I/O), the exchange
-with the helper (exchange.py, over session.py's client), hints for what went wrong
-(hints.py), and what to print with the exit status (render.py, exit_status.py,
-json_output.py, hexdump.py; no I/O). This file strings them together.
+The parts: the command line (arguments.py, numbers.py) turned into a command (command.py,
+no I/O), the exchange with the helper (exchange.py, over session.py's client), hints for
+what went wrong (hints.py), and what to print with the exit status (render.py,
+exit_status.py, json_output.py, hexdump.py; no I/O); daemon_status.py for --daemon-status.
+This file strings them together.
 """
 
 from __future__ import annotations
@@ -18,15 +19,8 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from prguard.client import daemon_status, decode, hints
-from prguard.client.arguments import (
-    PROG,
-    DaemonStatusCommand,
-    PrCommand,
-    ShowVersion,
-    UsageError,
-    parse,
-    wants_json,
-)
+from prguard.client.arguments import PROG, UsageError, wants_json
+from prguard.client.command import DaemonStatusCommand, PrCommand, ShowVersion, parse
 from prguard.client.exchange import Failure, run
 from prguard.client.render import (
     Outcome,

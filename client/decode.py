@@ -148,6 +148,7 @@ class Capabilities:
     allow_commands: int
     ptpl_a: bool  #: persist through power loss active
     type_mask: int
+    rlr_c: bool = False  #: replace lost reservation capable (SPC-4 r26 on)
 
     @property
     def types(self) -> tuple[PrType, ...]:
@@ -248,6 +249,7 @@ def decode_report_capabilities(data: bytes) -> Capabilities:
         allow_commands=(more >> 4) & 0x7,
         ptpl_a=bool(more & 0x01),
         type_mask=int.from_bytes(data[4:6], "big"),
+        rlr_c=bool(flags & 0x80),
     )
 
 

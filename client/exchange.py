@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from prguard.client import hints
-from prguard.client.arguments import PrCommand
+from prguard.client.command import PrCommand
 from prguard.client.exit_status import ExitStatus, of_errno
 from prguard.client.session import Client, ConnectError
 from prguard.shared.errors import QemuProtocolError

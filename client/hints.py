@@ -18,7 +18,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from prguard.client.arguments import DEFAULT_SOCKET, PrCommand
+from prguard.client.arguments import DEFAULT_SOCKET
+from prguard.client.command import PrCommand
 from prguard.client.decode import DecodeError, decode_sense
 from prguard.shared.qemu_protocol import PrReply
 from prguard.shared.scsi import Sense, Status

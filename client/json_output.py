@@ -60,7 +60,8 @@ def data_json(data: PrInData) -> dict[str, object]:
             "key": _key(held.key), "scope": held.scope, "type": held.type,
             "type_name": held.type_name}}
     if isinstance(data, Capabilities):
-        return {"length": data.length, "crh": data.crh, "sip_c": data.sip_c,
+        return {"length": data.length, "rlr_c": data.rlr_c, "crh": data.crh,
+                "sip_c": data.sip_c,
                 "atp_c": data.atp_c, "ptpl_c": data.ptpl_c, "tmv": data.tmv,
                 "allow_commands": data.allow_commands, "ptpl_a": data.ptpl_a,
                 "type_mask": f"{data.type_mask:#06x}",

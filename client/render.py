@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prguard.client import daemon_status, decode, exit_status, hexdump
-from prguard.client.arguments import PROG, DaemonStatusCommand, PrCommand, UsageError
+from prguard.client.arguments import PROG, UsageError
+from prguard.client.command import DaemonStatusCommand, PrCommand
 from prguard.client.daemon_status import DaemonStatus
 from prguard.client.decode import (
     Capabilities,
@@ -79,6 +80,7 @@ def text_lines(data: PrInData) -> list[str]:
         allow = decode.ALLOW_COMMANDS_NAMES.get(data.allow_commands)
         lines = [
             f"Report capabilities (length {data.length}):",
+            f"  Replace Lost Reservation Capable (RLR_C): {_yes(data.rlr_c)}",
             f"  Compatible Reservation Handling (CRH): {_yes(data.crh)}",
             f"  Specify Initiator Ports Capable (SIP_C): {_yes(data.sip_c)}",
             f"  All Target Ports Capable (ATP_C): {_yes(data.atp_c)}",

@@ -16,9 +16,11 @@ the way the deviation says, and the detail says what differed.
 
 After the steps, the fencing story (Pacemaker fence_scsi) runs through prguard alone on a
 third LU (f): real WRITEs through the preempted node's block device must fail with
-RESERVATION CONFLICT, the survivor's must succeed. Last, CLOCK_CASE starts another
-prguard with a clocksource the vDSO cannot read (hpet): every clock_gettime is then a
-real system call, which the seccomp policies must allow.
+RESERVATION CONFLICT, the survivor's must succeed. On that LU, prguard-client and
+sg_persist then ask the same questions (lab/sg_persist_side_by_side.py) and must print the
+same keys, reservation, capabilities and full status, and exit alike. Last, CLOCK_CASE
+starts another prguard with a clocksource the vDSO cannot read (hpet): every
+clock_gettime is then a real system call, which the seccomp policies must allow.
 
 udevd is stopped once LIO is up: it re-reads the partition table of every sd node an fd
 opened for writing was closed on, and those READs spend pending unit attentions at
@@ -44,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab import lio
+from lab import lio, sg_persist_side_by_side
 from lab.guest_steps import (
     CHECK,
     GOOD,
@@ -99,7 +101,8 @@ SETUP_CASE = "setup.lio-and-helpers"
 #: prguard started while the clocksource has no vDSO support (clock_gettime becomes a real
 #: system call, as on hosts with hpet/acpi_pm/Xen clocks): see tests/test_lab.py
 CLOCK_CASE = "clock.prguard-serves-without-vdso-clock"
-CASES: list[str] = [SETUP_CASE, *(s.name for s in STEPS), *FENCE_CASES, CLOCK_CASE]
+CASES: list[str] = [SETUP_CASE, *(s.name for s in STEPS), *FENCE_CASES,
+                    *sg_persist_side_by_side.CASES, CLOCK_CASE]
 if len(set(CASES)) != len(CASES):
     raise AssertionError("duplicate case names in the step table")
 # Agreement alone proves little if both sides failed the same way: every compared step
@@ -385,6 +388,15 @@ def main() -> int:
         finally:
             fence.stop()
         timings["fence_s"] = time.monotonic() - t3
+        t5 = time.monotonic()
+        try:  # prguard-client beside sg_persist, on the fenced LU as the story left it
+            results += sg_persist_side_by_side.run(P_SOCK, side(devices, "f"))
+        except Exception:  # noqa: BLE001
+            done = {r["case"] for r in results}
+            detail = "sg_persist comparison aborted: " + traceback.format_exc()[-3000:]
+            results += [_case(n, False, detail)
+                        for n in sg_persist_side_by_side.CASES if n not in done]
+        timings["sg_persist_s"] = time.monotonic() - t5
         t4 = time.monotonic()
         results.append(run_clock_case(devices, results_dir))
         timings["clock_case_s"] = time.monotonic() - t4

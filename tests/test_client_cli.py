@@ -313,6 +313,7 @@ FULL_STATUS = (bytes.fromhex("00000009" "00000060")
     (["--read-reservation"], bytes(8), ["PR generation 0x0, no reservation held"]),
     (["--report-capabilities"], CAPABILITIES, [
         "Report capabilities (length 8):",
+        "  Replace Lost Reservation Capable (RLR_C): no",
         "  Compatible Reservation Handling (CRH): yes",
         "  Specify Initiator Ports Capable (SIP_C): yes",
         "  All Target Ports Capable (ATP_C): yes",
@@ -399,7 +400,7 @@ def test_json_full_status(capsys: pytest.CaptureFixture[str], loop_disk: str, so
     (["-r"], RESERVATION, {"generation": 5, "reservation": {
         "key": "0xaa", "scope": 0, "type": 3, "type_name": "Exclusive Access"}}),
     (["-c"], bytes.fromhex("0008010000000000"), {
-        "length": 8, "crh": False, "sip_c": False, "atp_c": False, "ptpl_c": True,
+        "length": 8, "rlr_c": False, "crh": False, "sip_c": False, "atp_c": False, "ptpl_c": True,
         "tmv": False, "allow_commands": 0, "ptpl_a": False, "type_mask": "0x0000",
         "types": []}),
 ])

@@ -104,7 +104,9 @@ ALL_TYPES = tuple(PrType)
     # TMV clear: the mask means nothing, whatever it holds
     (bytes.fromhex("000801500fff0000"),
      Capabilities(8, False, False, False, True, False, 5, False, 0x0FFF), ()),
-], ids=["everything", "write exclusive only", "mask not valid"])
+    (bytes.fromhex("0008800000000000"),
+     Capabilities(8, False, False, False, False, False, 0, False, 0, rlr_c=True), ()),
+], ids=["everything", "write exclusive only", "mask not valid", "replace lost capable"])
 def test_report_capabilities(data: bytes, expected: Capabilities,
                              types: tuple[PrType, ...]) -> None:
     got = decode.decode_report_capabilities(data)
