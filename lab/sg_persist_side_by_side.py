@@ -34,6 +34,7 @@ CONSOLE_SCRIPT = Path(sys.executable).parent / "prguard-client"
 KA = 0xA1A1A1A1A1A1A1A1
 KB = 0xB2B2B2B2B2B2B2B2
 KX = 0xDEADBEEF00000001  # never registered
+INI_B = "sas,50014050000000c1"  # node B's initiator port (lio_setup.sh)
 WE_RO = 5
 
 #: sg_persist's names of the reservation types (its pr_type_strs), by TYPE code.
@@ -49,13 +50,17 @@ PR_IN = (("read-keys", "-k"), ("read-reservation", "-r"), ("report-capabilities"
          ("read-full-status", "-s"))
 CASES: list[str] = [
     *(f"sg_persist.{name}" for name, _ in PR_IN),
+    "sg_persist.reserve-unregistered",
     "sg_persist.register-ignore-existing-key",
     "sg_persist.reserve-while-another-holds",
     "sg_persist.release-with-the-wrong-type",
     "sg_persist.clear-with-the-wrong-key",
     "sg_persist.preempt-an-unknown-key",
+    "sg_persist.spec-i-pt-while-registered",
+    "sg_persist.register-move-to-itself",
     "sg_persist.read-full-status-two-registrations-sg",
     "sg_persist.read-keys-two-keys-sg",
+    "sg_persist.unit-attention-after-preempt",
     "sg_persist.console-script",
 ]
 
@@ -256,16 +261,27 @@ def run(socket: str, devices: dict[str, dict[str, str]]) -> list[dict[str, Any]]
         if not out:
             detail += f"; unit attentions drained first: sg_persist -k exit codes {drained}"
         out.append(_case(f"sg_persist.{name}", ok, detail))
+    # (name, node, arguments, the exit status LIO's answer means)
     pr_out = [
+        ("reserve-unregistered", a, ["--out", "--reserve", f"--param-rk={KA:x}",
+                                    f"--prout-type={WE_RO}"], 24),
         ("register-ignore-existing-key", a, ["--out", "--register-ignore",
                                             f"--param-sark={KA:x}"], 0),
         ("reserve-while-another-holds", a, ["--out", "--reserve", f"--param-rk={KA:x}",
                                            f"--prout-type={WE_RO}"], 24),
         ("release-with-the-wrong-type", b, ["--out", "--release", f"--param-rk={KB:x}",
-                                           "--prout-type=1"], 5),
+                                           "--prout-type=1"], 24),
         ("clear-with-the-wrong-key", a, ["--out", "--clear", f"--param-rk={KX:x}"], 24),
         ("preempt-an-unknown-key", b, ["--out", "--preempt", f"--param-rk={KB:x}",
                                       f"--param-sark={KX:x}", f"--prout-type={WE_RO}"], 24),
+        # INVALID FIELD IN PARAMETER LIST (05/26/00): the TransportID forms agree too
+        ("spec-i-pt-while-registered", b, ["--out", "--register", f"--param-rk={KB:x}",
+                                          f"--param-sark={KB:x}", f"--transport-id={INI_B}"],
+         5),
+        ("register-move-to-itself", b, ["--out", "--register-move", f"--param-rk={KB:x}",
+                                       f"--param-sark={KA:x}", f"--prout-type={WE_RO}",
+                                       "--relative-target-port=2", f"--transport-id={INI_B}"],
+         5),
     ]
     for name, node, args, want in pr_out:
         ok, detail = compare_exit(socket, args, node["sd"], want)
@@ -274,8 +290,26 @@ def run(socket: str, devices: dict[str, dict[str, str]]) -> list[dict[str, Any]]
                          ("read-keys-two-keys-sg", "-k")):
         ok, detail = compare_pr_in(socket, option, a["sg"])
         out.append(_case(f"sg_persist.{name}", ok, detail))
+    out.append(_unit_attention(socket, a["sd"], b["sd"]))
     out.append(_console_script(socket, b["sd"]))
     return out
+
+
+def _unit_attention(socket: str, a: str, b: str) -> dict[str, Any]:
+    """B preempts A and A's next command gets UNIT ATTENTION (06/2a/05): once done and
+    seen with sg_persist, once with prguard-client (A registers again in between)."""
+    preempt = ["--out", "--preempt", f"--param-rk={KB:x}", f"--param-sark={KA:x}",
+               f"--prout-type={WE_RO}"]
+    codes = {"sg_persist": (sg_persist(*preempt, b).code, sg_persist("-k", a).code)}
+    again = prguard_client(socket, "--out", "--register-ignore", f"--param-sark={KA:x}", a)
+    ours = prguard_client(socket, *preempt, b)
+    seen = prguard_client(socket, "-k", a)
+    codes["prguard-client"] = (ours.code, seen.code)
+    ok = again.code == 0 and codes["sg_persist"] == codes["prguard-client"] == (0, 6)
+    return _case("sg_persist.unit-attention-after-preempt", ok,
+                 f"(preempt, A's next READ KEYS) exit codes {codes} (want (0, 6) both); "
+                 f"A registered again in between: exit {again.code}; prguard-client said "
+                 f"{seen.err.strip()!r}")
 
 
 def _console_script(socket: str, device: str) -> dict[str, Any]:

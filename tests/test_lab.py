@@ -3,7 +3,8 @@
 One guest (virtme-ng, Debian's kernel under TCG, the host's / read-only) runs
 lab/guest_suite.py: two identical LIO set-ups, one driven only through prguard and one
 only through /usr/bin/qemu-pr-helper, the same PERSISTENT RESERVE step table on both,
-replies compared step by step; then the fence_scsi story through prguard with real WRITEs.
+replies compared step by step; then the fence_scsi story through prguard with real WRITEs,
+and prguard-client beside sg_persist on the fenced LU (lab/sg_persist_side_by_side.py).
 Each case of the step table is one test here, its detail the failure message. A guest
 that does not boot or does not report fails every test (never a skip).
 
