@@ -13,7 +13,7 @@ import shlex
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -41,12 +41,11 @@ def files_under(root: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def destdir() -> Iterator[Path]:
-    root = Path(os.environ.get("TMPDIR", "/tmp")) / f"pg-install-{os.getpid()}"
+def destdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("destdir")
     installed = make("install", f"DESTDIR={root}")
     assert installed.returncode == 0, installed.stdout[-2000:] + installed.stderr[-2000:]
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+    return root
 
 
 def in_installed_system(destdir: Path, argv: Sequence[str], etc: Path | None = None
