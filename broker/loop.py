@@ -23,6 +23,8 @@ from collections.abc import Callable, Hashable
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
 Handler = Callable[[int], None]
+#: Events taken from the kernel per epoll_wait (more wait for the next turn).
+MAX_EVENTS = 64
 
 
 class Deadlines:
@@ -128,15 +130,17 @@ class Loop:
         queues = self._deadlines
         clock = self.time
         while not self._stopped and (until is None or not until()):
-            timeout = -1.0
-            due = [d for d in (q.next_due() for q in queues) if d is not None]
-            if due:
-                timeout = max(min(due) - clock(), 0.0)
-            for fd, events in epoll_poll(timeout):
+            nearest: float | None = None
+            for queue in queues:
+                due = queue.next_due()
+                if due is not None and (nearest is None or due < nearest):
+                    nearest = due
+            timeout = -1.0 if nearest is None else max(nearest - clock(), 0.0)
+            for fd, events in epoll_poll(timeout, MAX_EVENTS):
                 handler = handlers.get(fd)
                 if handler is not None:  # unregistered by an earlier handler this turn
                     handler(events)
-            if due:
+            if nearest is not None and clock() >= nearest:
                 now = clock()
                 for queue in queues:
                     queue.expire(now)
