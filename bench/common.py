@@ -107,10 +107,11 @@ def proc_fields(path: str) -> dict[str, str]:
         return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in f)}
 
 
-def start_helper(name: str, path: str, extra: Sequence[str] = ()) -> Helper:
+def start_helper(name: str, path: str, extra: Sequence[str] = (), timeout: float = 20.0
+                 ) -> Helper:
     if os.path.exists(path):
         os.unlink(path)
-    return Helper(name, processes.start_helper(HELPERS[name], path, *extra, timeout=20.0))
+    return Helper(name, processes.start_helper(HELPERS[name], path, *extra, timeout=timeout))
 
 
 # -- statistics -------------------------------------------------------------------------

@@ -35,7 +35,11 @@ def main(rounds: int, duration: float, warmup: float) -> int:
     udev = lio.quiesce_udev()
     device = devices["pS"]["sd"]
     setup_s = time.monotonic() - t0
-    helpers = {name: start_helper(name, f"/tmp/bench-{name}.sock") for name in HELPERS}
+    print(f"LIO set up in {time.monotonic() - t0:.0f} s", flush=True)
+    # under emulation on a busy host, prguard's start-up (imports) takes many seconds
+    helpers = {name: start_helper(name, f"/tmp/bench-{name}.sock", timeout=300.0)
+               for name in HELPERS}
+    print(f"helpers serving after {time.monotonic() - t0:.0f} s", flush=True)
     raw: dict[str, dict[str, list[Load]]] = {t: {f"{op}/{n}": [] for op, n in CASES}
                                              for t in TARGETS}
     try:
