@@ -128,3 +128,32 @@ def test_header_is_built_by_the_worker_alone() -> None:
     assert (pr_out.dxfer_direction, pr_out.dxfer_len, pr_out.timeout) == (
         SG_DXFER_TO_DEV, 24, 5000)
     assert (pr_out.flags, pr_out.pack_id) == (0, 0)
+
+
+def test_reused_buffers_keep_nothing_of_the_call_before() -> None:
+    """The worker's threads reuse one header and set of buffers each: every call starts
+    from what prepare() builds afresh, whatever the call before left in them."""
+    import ctypes
+
+    from prguard.shared.scsi import DATA_SIZE
+    from prguard.worker.sgio import _prepare_fast, prepare
+    pr_out_cdb = b"\x5f" + bytes(6) + b"\x00\x18" + bytes(7)
+    pr_in_cdb = b"\x5e\x00" + bytes(5) + b"\x00\x18" + bytes(7)
+    for cdb, params in ((pr_in_cdb, b""), (pr_out_cdb, b"p" * 24), (pr_in_cdb, b""),
+                        (pr_out_cdb, b"q" * 8 + bytes(16)), (pr_out_cdb, b"r" * 24)):
+        used = _prepare_fast(cdb, params, 30000)
+        # what the kernel might have left behind: sense, data, output fields
+        ctypes.memset(used.sense, 0x55, 96)
+        used.hdr.status, used.hdr.resid, used.hdr.host_status = 0x18, 7, 3
+        again = _prepare_fast(cdb, params, 30000)
+        fresh = prepare(cdb, params, 30000)
+        assert again is used  # the same buffers, reused
+        assert bytes(again.sense) == bytes(96)
+        assert again.data.raw == fresh.data.raw[:DATA_SIZE]
+        assert again.cdb.raw == cdb
+        for name, *_ in type(fresh.hdr)._fields_:
+            if name not in ("dxferp", "cmdp", "sbp"):  # addresses of different buffers
+                assert getattr(again.hdr, name) == getattr(fresh.hdr, name), name
+        assert again.hdr.dxferp == ctypes.addressof(again.data)
+        assert again.hdr.sbp == ctypes.addressof(again.sense)
+        assert again.hdr.cmdp == ctypes.addressof(again.cdb)
