@@ -14,7 +14,8 @@ from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 
-from prguard.shared.scsi import Opcode, PrInAction, PrOutAction, SenseKey, Status
+from prguard.shared.scsi import Opcode, PrInAction, PrOutAction, Status
+from prguard.shared.scsi_names import SENSE_KEY_NAMES, action_name
 
 #: Upper bounds (seconds) of the latency buckets: from a request answered by the broker
 #: alone (tens of microseconds) to one that waited for a device's SG_IO timeout.
@@ -70,19 +71,19 @@ def command_name(opcode: int) -> str:
 def service_action_name(opcode: int, action: int) -> str:
     """`read_keys`, `register_and_move`, ...; an undefined one as `0x1f`."""
     names = PrInAction if opcode == Opcode.PERSISTENT_RESERVE_IN else PrOutAction
-    try:
-        return names(action).name.lower()
-    except ValueError:
+    if action not in names._value2member_map_:
         return f"{action:#04x}"
+    return label(action_name(opcode == Opcode.PERSISTENT_RESERVE_OUT, action))
+
+
+def label(name: str) -> str:
+    """A name people read as a label value: "ILLEGAL REQUEST" -> "illegal_request"."""
+    return name.lower().replace(" ", "_").replace("(", "").replace(")", "")
 
 
 def sense_key_name(key: int) -> str:
-    if key < 0:
-        return ""
-    try:
-        return SenseKey(key).name.lower()
-    except ValueError:
-        return f"{key:#03x}"
+    """"illegal_request", ...; "" for no sense key."""
+    return label(SENSE_KEY_NAMES[key]) if 0 <= key < len(SENSE_KEY_NAMES) else ""
 
 
 @dataclass

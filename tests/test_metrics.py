@@ -198,3 +198,15 @@ def test_a_file_someone_removed_is_an_error_not_a_crash(tmp_path: Path) -> None:
     (tmp_path / spare_name("m.prom")).unlink()
     with pytest.raises(MetricsFileError, match=r"cannot replace .*No such file"):
         file.publish(b"x\n")
+
+
+def test_label_values_come_from_the_one_table_of_scsi_names() -> None:
+    from prguard.broker.stats import sense_key_name, service_action_name
+    assert [sense_key_name(k) for k in (-1, 0, 5, 6, 0xB, 0xC, 0xF)] == [
+        "", "no_sense", "illegal_request", "unit_attention", "aborted_command",
+        "reserved_0xc", "completed"]
+    assert service_action_name(PR_OUT, PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY) == \
+        "register_and_ignore_existing_key"
+    assert service_action_name(PR_IN, PrInAction.READ_FULL_STATUS) == "read_full_status"
+    assert service_action_name(PR_IN, 0x1F) == "0x1f"
+    assert service_action_name(PR_OUT, 0x09) == "0x09"
