@@ -101,10 +101,10 @@ man: venv
 
 # -- install ------------------------------------------------------------------------------
 # prguard in its own virtual environment under LIBDIR, `prguard` and `prguard-client` in
-# BINDIR, the systemd units (ExecStart= in BINDIR), the prguard user for systemd-sysusers
-# and the man pages. DESTDIR stages all of it for a package: a virtual environment cannot
-# be moved, so every path written there (scripts' #! lines, pyvenv.cfg, the compiled
-# modules' file names) is the final one. Not under /root, /home or /tmp: the unit's
+# BINDIR, the systemd units (ExecStart= in BINDIR), the prguard user for systemd-sysusers,
+# its metrics directory for systemd-tmpfiles, and the man pages. DESTDIR stages all of it
+# for a package: a virtual environment cannot be moved, so every path written there
+# (scripts' #! lines, pyvenv.cfg, the compiled modules' file names) is the final one. Not under /root, /home or /tmp: the unit's
 # ProtectHome= and PrivateTmp= hide those from the service.
 PREFIX = /usr/local
 BINDIR = $(PREFIX)/bin
@@ -112,6 +112,7 @@ LIBDIR = $(PREFIX)/lib/prguard
 MANDIR = $(PREFIX)/share/man
 UNITDIR = $(PREFIX)/lib/systemd/system
 SYSUSERSDIR = $(PREFIX)/lib/sysusers.d
+TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
 # The interpreter the installed environment runs on: the system's, which the service can
 # see (a pyenv or a venv under /root would be hidden from it).
 INSTALL_PYTHON = /usr/bin/python3
@@ -150,7 +151,7 @@ install: build
 	  grep -rlIF -- '$(STAGE)' $(STAGE) | xargs -r sed -i 's|$(STAGE)|$(LIBDIR)|g'; fi
 	$(STAGE)/bin/python -m compileall -q -j 0 -d $(LIBDIR)/lib $(STAGE)/lib
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) \
-	  $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8
+	  $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8
 	ln -sfr $(STAGE)/bin/prguard $(DESTDIR)$(BINDIR)/prguard
 	ln -sfr $(STAGE)/bin/prguard-client $(DESTDIR)$(BINDIR)/prguard-client
 	sed 's|^ExecStart=/usr/local/bin/prguard |ExecStart=$(BINDIR)/prguard |' \
@@ -160,8 +161,9 @@ install: build
 	printf '%s\n' '# The user both prguard processes run as (prguard.service: -u prguard -g prguard).' \
 	  'u prguard - "prguard persistent reservation helper"' > build/prguard.sysusers
 	install -m 644 build/prguard.sysusers $(DESTDIR)$(SYSUSERSDIR)/prguard.conf
+	install -m 644 systemd/prguard.tmpfiles $(DESTDIR)$(TMPFILESDIR)/prguard.conf
 	$(STAGE)/bin/python -P -m prguard.man --bindir=$(BINDIR) --libdir=$(LIBDIR) \
-	  --unitdir=$(UNITDIR) --sysusersdir=$(SYSUSERSDIR) build/man
+	  --unitdir=$(UNITDIR) --sysusersdir=$(SYSUSERSDIR) --tmpfilesdir=$(TMPFILESDIR) build/man
 	install -m 644 build/man/prguard-client.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 644 build/man/prguard.8 $(DESTDIR)$(MANDIR)/man8/
 
@@ -170,5 +172,5 @@ uninstall:
 	rm -rf $(DESTDIR)$(LIBDIR)
 	rm -f $(DESTDIR)$(BINDIR)/prguard $(DESTDIR)$(BINDIR)/prguard-client \
 	  $(DESTDIR)$(UNITDIR)/prguard.socket $(DESTDIR)$(UNITDIR)/prguard.service \
-	  $(DESTDIR)$(SYSUSERSDIR)/prguard.conf \
+	  $(DESTDIR)$(SYSUSERSDIR)/prguard.conf $(DESTDIR)$(TMPFILESDIR)/prguard.conf \
 	  $(DESTDIR)$(MANDIR)/man1/prguard-client.1 $(DESTDIR)$(MANDIR)/man8/prguard.8

@@ -12,10 +12,12 @@ switches, cross-vCPU wake-ups), which only the whole-process figures show.
 from __future__ import annotations
 
 import os
+import time
 import timeit
 from collections.abc import Callable
 
 from prguard.broker.requests import Requests
+from prguard.broker.stats import Stats, device_outcome, sense_key
 from prguard.broker.trace import Tracer
 from prguard.shared import fdcheck
 from prguard.shared.messages import SgIoRequest, SgIoResult, decode
@@ -48,7 +50,10 @@ def measure(device: str, number: int = 5000) -> dict[str, dict[str, float]]:
         conn.receive_data(bytes(4))
         conn.next_event()
         # only its settle() runs here, which needs no worker
-        requests = Requests(None, sysfs, Tracer(frozenset(), None))  # type: ignore[arg-type]
+        stats = Stats()
+        started = time.monotonic()
+        requests = Requests(None, sysfs, Tracer(frozenset(), None),  # type: ignore[arg-type]
+                            stats, time.monotonic)
         whole = fdcheck.WholeDisks()
         result = SgIoResult(1, PrReply(Status.CHECK_CONDITION, Sense.INVALID_FIELD.fixed_format()))
         result_wire = result.encode()
@@ -74,9 +79,13 @@ def measure(device: str, number: int = 5000) -> dict[str, dict[str, float]]:
 
         def settle_parts(request: PrRequest) -> None:
             """What settle() does beyond the state change: the rule, the encoding, the
-            checks for logging and tracing."""
-            reply_fault(request, result.reply)
-            encode_reply(result.reply)
+            count (broker/stats.py), the checks for logging and tracing."""
+            reply = result.reply
+            reply_fault(request, reply)
+            encode_reply(reply)
+            stats.request_done(request.cdb[0], request.cdb[1] & 0x1F,
+                               device_outcome(reply.status), sense_key(reply.sense),
+                               time.monotonic() - started)
             requests._tracer.on("prguard_reply")
 
         parse = _time(parse_only, number)

@@ -44,6 +44,8 @@ class Refused:
     """Close the connection at once, for this reason."""
 
     reason: str
+    #: which limit: "max_connections" or "max_per_peer" (the metrics' label)
+    limit: str
 
 
 class Admission:
@@ -60,6 +62,11 @@ class Admission:
     @property
     def total(self) -> int:
         return len(self._peers)
+
+    @property
+    def peers(self) -> int:
+        """Client processes holding a connection."""
+        return len(self._per_peer)
 
     @property
     def full(self) -> bool:
@@ -88,10 +95,10 @@ class Admission:
                 self.release(victim)
                 break
         if self.full:
-            return Refused(f"{self.total} connections open, the limit")
+            return Refused(f"{self.total} connections open, the limit", "max_connections")
         if self._per_peer[peer.pid] >= self._limits.max_per_peer:
             return Refused(f"peer already holds {self._per_peer[peer.pid]} connections, "
-                           "the limit")
+                           "the limit", "max_per_peer")
         self._peers[key] = peer
         self._per_peer[peer.pid] += 1
         self._handshaking[key] = None

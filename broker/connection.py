@@ -131,6 +131,7 @@ class Connection:
             if protocol.mid_message and self not in self.server.message_deadlines:
                 self.server.message_deadlines.add(self, self.server.loop.time())
         except QemuProtocolError as exc:
+            self.server.stats.protocol_closes += 1
             if exc.message:
                 log.warning("%s: %s", self.peer, exc.message)
             self._close_logged(exc.reason)
@@ -181,10 +182,12 @@ class Connection:
     # -- closing -------------------------------------------------------------------------
 
     def message_overdue(self) -> None:
+        self.server.stats.deadline_closes["message"] += 1
         self._close_logged("message not completed within "
                            f"{self.server.message_deadlines.duration:g} s")
 
     def reply_overdue(self) -> None:
+        self.server.stats.deadline_closes["reply"] += 1
         self._close_logged(f"reply not read within {self.server.reply_deadlines.duration:g} s")
 
     def _close_logged(self, reason: str) -> None:

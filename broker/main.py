@@ -14,12 +14,14 @@ process (os._exit).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import resource
 import signal
 import socket
 import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from typing import TextIO
 
@@ -31,9 +33,13 @@ from prguard.broker.limits import (
     Limits,
 )
 from prguard.broker.loop import Loop
+from prguard.broker.metrics_file import MetricsFile, MetricsFileError
 from prguard.broker.notify import Notifier
+from prguard.broker.reporting import LastErrorHandler, Publisher, Reporter
 from prguard.broker.server import Server, warm_up
+from prguard.broker.stats import Stats
 from prguard.broker.trace import Tracer
+from prguard.broker.watchdog import Watchdog, tick_period, watchdog_interval
 from prguard.broker.worker_client import WorkerClient, await_ready
 from prguard.shared import fdcheck, fdpin, privileges, sandbox
 from prguard.shared.privileges import Identity
@@ -43,7 +49,7 @@ from prguard.shared.socket_file import SocketFile
 #: All the launcher uses of the broker: run() with its configuration, and the limits'
 #: defaults its options show.
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PER_PEER", "DEFAULT_MESSAGE_DEADLINE",
-           "WORKER_GRACE", "BrokerConfig", "Limits", "run"]
+           "WORKER_GRACE", "BrokerConfig", "Limits", "load_metrics", "run"]
 
 log = logging.getLogger("prguard.broker")
 
@@ -61,6 +67,12 @@ class BrokerConfig:
     trace_events: frozenset[str] = frozenset()
     trace_sink: TextIO | None = None
     limits: Limits = field(default_factory=Limits)
+    #: --metrics-file: where to publish the numbers (None: nowhere)
+    metrics_path: str | None = None
+    #: prguard's version, as the metrics show it
+    version: str = ""
+    #: the launcher's: report the log lines its rate limit dropped (the periodic tick)
+    flush_logs: Callable[[], None] = lambda: None
     #: tests only: a forbidden syscall to attempt once confined (docs/SECURITY.md)
     seccomp_probe: str | None = None
 
@@ -73,13 +85,17 @@ def run(listener: socket.socket, channel: socket.socket, config: BrokerConfig) -
             log.error("the worker failed to start (%s); exiting", how)
         return 1
     notifier = Notifier.from_environ()  # connect while the socket is still reachable
+    watchdog_sec = watchdog_interval(os.environ, os.getpid())
+    stats = Stats()
     try:
         sysfs_block = fdcheck.open_sysfs_block()
         seccomp_policy = sandbox.load_seccomp_policy("broker")
         probe = (sandbox.find_forbidden(seccomp_policy, config.seccomp_probe)
                  if config.seccomp_probe else None)
+        publisher = _metrics(config, stats)
         privileges.drop(config.identity, ())
-    except (OSError, privileges.PrivilegeError, sandbox.SandboxError) as exc:
+    except (OSError, privileges.PrivilegeError, sandbox.SandboxError,
+            MetricsFileError) as exc:
         log.error("%s", exc)
         channel.close()
         _remove_socket_file(config)
@@ -89,12 +105,37 @@ def run(listener: socket.socket, channel: socket.socket, config: BrokerConfig) -
     loop = Loop()  # never closed: its fds are pinned
     fdpin.hold(loop, listener, channel, notifier, config.trace_sink)
     return _serve(loop, listener, channel, config, tracer, sysfs_block, seccomp_policy, probe,
-                  notifier)
+                  notifier, stats, publisher, watchdog_sec)
+
+
+def load_metrics() -> None:
+    """Import the metrics' module (and prometheus-client), only wanted with
+    --metrics-file. The launcher calls this before it forks, so that the pages of these
+    modules stay shared by the two processes (it freezes the garbage collector's view
+    of them)."""
+    importlib.import_module("prguard.broker.metrics")
+
+
+def _metrics(config: BrokerConfig, stats: Stats) -> Publisher | None:
+    """The metrics file, opened (created if need be) while still root; the numbers the
+    previous instance left in it carried over."""
+    if config.metrics_path is None:
+        return None
+    from prguard.broker import metrics  # here: only with --metrics-file (see load_metrics)
+    file = MetricsFile.create(config.metrics_path, config.identity)
+    carried = metrics.carried_over(file.previous())
+    stats.starts = int(carried.get("prguard_starts", 0)) + 1
+    stats.worker_deaths = int(carried.get("prguard_worker_deaths", 0))
+    return metrics.Publisher(file, metrics.StatsCollector(stats, config.version))
 
 
 def _variables(config: BrokerConfig, tracer: Tracer, sysfs_block: int,
-               channel: socket.socket, loop: Loop) -> sandbox.Variables:
+               channel: socket.socket, loop: Loop, publisher: Publisher | None
+               ) -> sandbox.Variables:
     """The fds (and pid) the policy names; every fd here is pinned before lock-down."""
+    metrics_fds: tuple[int | None, ...] = (None, None, None)
+    if publisher is not None:
+        metrics_fds = publisher.fds()
     return {
         "CHANNEL_FD": channel.fileno(),
         "SYSFS_BLOCK_FD": sysfs_block,
@@ -102,6 +143,8 @@ def _variables(config: BrokerConfig, tracer: Tracer, sysfs_block: int,
         "WORKER_PID": config.worker_pid,
         "TRACE_FD": tracer.fileno(),
         "WAKEUP_FD": loop.wakeup_fd(),
+        **dict(zip(("METRICS_DIR_FD", "METRICS_A_FD", "METRICS_B_FD"), metrics_fds,
+                   strict=True)),
     }
 
 
@@ -116,12 +159,25 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 def _serve(loop: Loop, listener: socket.socket, channel: socket.socket, config: BrokerConfig,
            tracer: Tracer, sysfs_block: int, seccomp_policy: SeccompPolicy,
-           probe: Rule | None, notifier: Notifier) -> int:
+           probe: Rule | None, notifier: Notifier, stats: Stats,
+           publisher: Publisher | None, watchdog_sec: float | None) -> int:
     limits = fit_to_fd_limit(config.limits)
     worker = WorkerClient(channel, loop, limits.worker_deadline)
     worker.start()
-    server = Server(loop, worker, sysfs_block, tracer, limits)
+    server = Server(loop, worker, sysfs_block, tracer, limits, stats)
     server.listen(listener)
+    last_error = LastErrorHandler()
+    logging.getLogger("prguard").addHandler(last_error)
+
+    def gauges(numbers: Stats) -> None:
+        numbers.clients = server.clients
+        numbers.connections_open = server.connections
+        numbers.in_flight = server.in_flight
+
+    reporter = Reporter(stats, notifier, Watchdog(limits.worker_deadline),
+                        watchdog_sec is not None, worker.probe, gauges, publisher,
+                        config.flush_logs, last_error)
+    worker.on_alive = lambda probe_id: reporter.alive(probe_id, loop.time())
     stop_signal: list[int] = []
 
     def on_signal(signum: int) -> None:
@@ -133,9 +189,10 @@ def _serve(loop: Loop, listener: socket.socket, channel: socket.socket, config: 
     worker.on_lost = lambda reason: loop.stop()
     try:
         warm_up(sysfs_block)
-        variables = _pin(_variables(config, tracer, sysfs_block, channel, loop))
+        reporter.warm_up()
+        variables = _pin(_variables(config, tracer, sysfs_block, channel, loop, publisher))
         sandbox.lock_down(seccomp_policy, variables)
-    except (OSError, sandbox.SandboxError) as exc:
+    except (OSError, sandbox.SandboxError, MetricsFileError) as exc:
         log.error("%s", exc)
         notifier.close()
         server.stop_accepting()
@@ -148,8 +205,20 @@ def _serve(loop: Loop, listener: socket.socket, channel: socket.socket, config: 
         log.error("seccomp let %s through", probe)
         return 3
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since start-up
+    period = tick_period(watchdog_sec)
+
+    def on_tick(key: Hashable) -> None:
+        reporter.tick(loop.time())
+        ticks.add(key, loop.time())
+
+    ticks = loop.deadlines(period, on_tick)
+    ticks.add("report", loop.time() - period)  # the first report right after READY=1
     try:
-        return _until_stopped(config, tracer, notifier, loop, server, worker, stop_signal)
+        code = _until_stopped(config, tracer, notifier, loop, server, worker, stop_signal)
+        if worker.lost is not None:
+            stats.worker_deaths += 1
+        reporter.final()
+        return code
     finally:
         # Blocked again: nothing handles them once the loop stops running, and the
         # process ends by os._exit.

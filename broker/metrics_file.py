@@ -16,6 +16,7 @@ confines them to that directory.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -31,7 +32,13 @@ _renameat2.restype = ctypes.c_int
 
 
 class MetricsFileError(Exception):
-    """The file cannot be published; the message says why (one line)."""
+    """The file cannot be published; the message says why (one line). `lasting`: it
+    cannot be until prguard starts again (someone removed the file or its spare, which
+    a confined process cannot create again)."""
+
+    def __init__(self, message: str, lasting: bool = False) -> None:
+        super().__init__(message)
+        self.lasting = lasting
 
 
 def spare_name(name: str) -> str:
@@ -75,6 +82,10 @@ class MetricsFile:
     def publish(self, text: bytes) -> None:
         """Make `text` the file's content in one step. Raises MetricsFileError."""
         try:
+            if not os.fstat(self.spare_fd).st_nlink or not os.fstat(
+                    self.published_fd).st_nlink:
+                raise MetricsFileError(f"cannot replace {self.path}: it or its spare "
+                                       f"{spare_name(self.name)} was removed", lasting=True)
             os.pwrite(self.spare_fd, text, 0)
             os.ftruncate(self.spare_fd, len(text))
         except OSError as exc:
@@ -82,7 +93,8 @@ class MetricsFile:
         if _renameat2(self.dir_fd, spare_name(self.name).encode(), self.dir_fd,
                       self.name.encode(), RENAME_EXCHANGE) != 0:
             err = ctypes.get_errno()
-            raise MetricsFileError(f"cannot replace {self.path}: {os.strerror(err)}")
+            raise MetricsFileError(f"cannot replace {self.path}: {os.strerror(err)}",
+                                   lasting=err == errno.ENOENT)
         self.published_fd, self.spare_fd = self.spare_fd, self.published_fd
 
     def previous(self, limit: int = 1 << 20) -> bytes:

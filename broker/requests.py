@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 
 from prguard.broker.admission import Peer
+from prguard.broker.stats import Outcome, Stats, device_outcome, sense_key
 from prguard.broker.trace import Tracer
 from prguard.broker.worker_client import Answer, NoAnswer, WorkerClient, WorkerLost
 from prguard.shared import fdcheck
@@ -45,10 +46,13 @@ class Requests:
     """Every request of every connection goes through `answer`, and every reply
     through `settle`."""
 
-    def __init__(self, worker: WorkerClient, sysfs_block_fd: int, tracer: Tracer) -> None:
+    def __init__(self, worker: WorkerClient, sysfs_block_fd: int, tracer: Tracer,
+                 stats: Stats, clock: Callable[[], float]) -> None:
         self._worker = worker
         self._sysfs_block_fd = sysfs_block_fd
         self._tracer = tracer
+        self._stats = stats
+        self._clock = clock
         #: the broker's answer is not the last word (the worker checks again, fresh)
         self._whole_disks = fdcheck.WholeDisks()
 
@@ -57,6 +61,7 @@ class Requests:
         """Answer `request` (whose fd this takes over): at once if the broker's own
         checks refuse it, else once the worker has answered. `on_reply` gets the encoded
         reply, from this call or later from the loop."""
+        started = self._clock()
         tracer = self._tracer
         if tracer.on("prguard_request"):
             tracer.emit("prguard_request", pid=peer.pid, opcode=hex(request.cdb[0]),
@@ -75,37 +80,41 @@ class Requests:
             if log.isEnabledFor(logging.INFO):  # the request path: format only if shown
                 log.info("%s: %s -> %s (%s)", peer, cdb_text(request.cdb),
                          verdict.sense, verdict.reason)
-            on_reply(self.settle(conn, request, peer, reply, logged=True))
+            on_reply(self.settle(conn, request, peer, reply, started, logged=True,
+                                 outcome=Outcome.REFUSED_VALIDATION))
             return
 
         def on_answer(answer: Answer) -> None:
-            reply, logged = self._reply_for(answer, request, peer)
-            on_reply(self.settle(conn, request, peer, reply, logged))
+            reply, logged, outcome = self._reply_for(answer, request, peer)
+            on_reply(self.settle(conn, request, peer, reply, started, logged, outcome))
 
         self._worker.forward(request.cdb, request.parameter_list, request.fd, on_answer)
 
     def _reply_for(self, answer: Answer, request: PrRequest, peer: Peer
-                   ) -> tuple[PrReply, bool]:
-        """The reply for the worker's answer, and whether that has been logged."""
+                   ) -> tuple[PrReply, bool, Outcome | None]:
+        """The reply for the worker's answer, whether that has been logged, and the
+        outcome if it is not the device's."""
         if isinstance(answer, WorkerLost):
             log.error("%s: %s: outcome unknown, worker lost (%s)", peer,
                       cdb_text(request.cdb), answer.reason)
-            return UNKNOWN_OUTCOME, True
+            return UNKNOWN_OUTCOME, True, Outcome.WORKER_LOST
         if isinstance(answer, NoAnswer):
             log.error("%s: %s: no answer from the worker within %g s; outcome unknown", peer,
                       cdb_text(request.cdb), answer.seconds)
-            return UNKNOWN_OUTCOME, True
+            return UNKNOWN_OUTCOME, True, Outcome.WORKER_TIMEOUT
         if isinstance(answer, Refused):
             log.warning("%s: %s refused by the worker: %s", peer,
                         cdb_text(request.cdb), answer.reason)
-            return PrReply(answer.status, answer.sense), True
-        return answer.reply, False
+            return PrReply(answer.status, answer.sense), True, Outcome.REFUSED_VALIDATION
+        return answer.reply, False, None
 
     def settle(self, conn: ServerConnection, request: PrRequest, peer: Peer,
-               reply: PrReply, logged: bool = False) -> bytes:
+               reply: PrReply, started: float, logged: bool = False,
+               outcome: Outcome | None = None) -> bytes:
         """The reply QEMU gets for `request`, encoded: where the broker's part of a
-        request ends, whatever it came to. A reply QEMU must not get (data where the
-        protocol allows none) becomes UNKNOWN_OUTCOME here."""
+        request ends, whatever it came to, and where it is counted (`outcome`: None when
+        the device answered). A reply QEMU must not get (data where the protocol allows
+        none) becomes UNKNOWN_OUTCOME here."""
         try:
             wire = conn.send_reply(reply)
         except ReplyNotAllowed as exc:
@@ -113,6 +122,13 @@ class Requests:
                       len(reply.data), cdb_text(request.cdb), exc)
             reply = UNKNOWN_OUTCOME
             wire = conn.send_reply(reply)
+            outcome = Outcome.BAD_ANSWER
+        cdb = request.cdb
+        status = reply.status
+        self._stats.request_done(
+            cdb[0], cdb[1] & 0x1F, device_outcome(status) if outcome is None else outcome,
+            sense_key(reply.sense) if status == Status.CHECK_CONDITION else -1,
+            self._clock() - started)
         if not logged and log.isEnabledFor(logging.INFO):
             log.info("%s: %s -> status %#04x sense %s, %d bytes", peer,
                      cdb_text(request.cdb), reply.status, sense_text(reply),

@@ -17,6 +17,7 @@ from prguard.broker.connection import Connection
 from prguard.broker.limits import Limits
 from prguard.broker.loop import EPOLLIN, Loop
 from prguard.broker.requests import Requests, cdb_text, sense_text
+from prguard.broker.stats import Stats
 from prguard.broker.trace import Tracer
 from prguard.broker.worker_client import WorkerClient
 from prguard.shared import fdcheck
@@ -71,10 +72,11 @@ class Server:
     """Serves QEMU clients on the loop until told to stop."""
 
     def __init__(self, loop: Loop, worker: WorkerClient, sysfs_block_fd: int, tracer: Tracer,
-                 limits: Limits) -> None:
+                 limits: Limits, stats: Stats) -> None:
         self.loop = loop
         self.tracer = tracer
-        self.requests = Requests(worker, sysfs_block_fd, tracer)
+        self.stats = stats
+        self.requests = Requests(worker, sysfs_block_fd, tracer, stats, loop.time)
         self.message_deadlines = loop.deadlines(limits.message_deadline, self._message_overdue)
         self.reply_deadlines = loop.deadlines(limits.reply_deadline, self._reply_overdue)
         self._backoff = loop.deadlines(ACCEPT_BACKOFF, self._backoff_over)
@@ -129,10 +131,13 @@ class Server:
         connection = Connection(self, sock, peer)
         decision = self._admission.admit(connection, peer)
         if not isinstance(decision, Admitted):
+            self.stats.connections_refused[decision.limit] += 1
             log.warning("%s: connection refused: %s", peer, decision.reason)
             sock.close()
             return
+        self.stats.connections_accepted += 1
         if isinstance(decision.evict, Connection):
+            self.stats.connections_evicted += 1
             log.info("%s: closing a connection still in its handshake to make room",
                      decision.evicted_peer)
             decision.evict.close("closed by prguard")
@@ -168,6 +173,15 @@ class Server:
         its backlog until the process ends."""
         self.stopping = True
         self._sync_accepting()
+
+    @property
+    def clients(self) -> int:
+        """Client processes connected."""
+        return self._admission.peers
+
+    @property
+    def connections(self) -> int:
+        return self._admission.total
 
     def close_all(self) -> None:
         for connection in list(self._connections):

@@ -14,8 +14,7 @@ from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 
-from prguard.shared.scsi import Opcode, PrInAction, PrOutAction, Status
-from prguard.shared.scsi_names import SENSE_KEY_NAMES, action_name
+from prguard.shared.scsi import Opcode, Status
 
 #: Upper bounds (seconds) of the latency buckets: from a request answered by the broker
 #: alone (tens of microseconds) to one that waited for a device's SG_IO timeout.
@@ -33,8 +32,9 @@ class Outcome(enum.Enum):
     TASK_SET_FULL = "task_set_full"
     OTHER_STATUS = "other_status"
     REFUSED_VALIDATION = "refused_validation"  #: the request rules, broker's or worker's
-    REFUSED_LIMIT = "refused_limit"  #: no answer from the worker within its deadline
+    WORKER_TIMEOUT = "worker_timeout"  #: no answer within the worker deadline (a limit)
     WORKER_LOST = "worker_lost"  #: the worker died or broke the channel under it
+    BAD_ANSWER = "bad_answer"  #: the worker answered what QEMU must not get
 
     @property
     def failed(self) -> bool:
@@ -62,28 +62,6 @@ def sense_key(sense: bytes) -> int:
     if code in (0x72, 0x73) and len(sense) > 1:
         return sense[1] & 0x0F
     return -1
-
-
-def command_name(opcode: int) -> str:
-    return "pr_in" if opcode == Opcode.PERSISTENT_RESERVE_IN else "pr_out"
-
-
-def service_action_name(opcode: int, action: int) -> str:
-    """`read_keys`, `register_and_move`, ...; an undefined one as `0x1f`."""
-    names = PrInAction if opcode == Opcode.PERSISTENT_RESERVE_IN else PrOutAction
-    if action not in names._value2member_map_:
-        return f"{action:#04x}"
-    return label(action_name(opcode == Opcode.PERSISTENT_RESERVE_OUT, action))
-
-
-def label(name: str) -> str:
-    """A name people read as a label value: "ILLEGAL REQUEST" -> "illegal_request"."""
-    return name.lower().replace(" ", "_").replace("(", "").replace(")", "")
-
-
-def sense_key_name(key: int) -> str:
-    """"illegal_request", ...; "" for no sense key."""
-    return label(SENSE_KEY_NAMES[key]) if 0 <= key < len(SENSE_KEY_NAMES) else ""
 
 
 @dataclass
@@ -116,8 +94,10 @@ class Stats:
         #: opcode -> latency from the request's last byte read to its reply sent
         self.latency: dict[int, Histogram] = {Opcode.PERSISTENT_RESERVE_IN: Histogram(),
                                               Opcode.PERSISTENT_RESERVE_OUT: Histogram()}
-        self.in_flight = 0
+        #: the present state, as of the last report (the reporter fills these in)
+        self.clients = 0
         self.connections_open = 0
+        self.in_flight = 0
         self.connections_accepted = 0
         #: "max_connections" | "max_per_peer" -> connections closed at once
         self.connections_refused: Counter[str] = Counter()
@@ -149,31 +129,11 @@ class Stats:
     def failed_requests(self) -> int:
         return sum(n for (_, _, outcome, _), n in self.requests.items() if outcome.failed)
 
-    def errors_by_kind(self) -> Counter[str]:
-        """Failed requests by outcome (check conditions by sense key), refused and
-        evicted connections, deadline and protocol closes, worker deaths."""
-        kinds: Counter[str] = Counter()
-        for (_, _, outcome, key), n in self.requests.items():
-            if outcome is Outcome.CHECK_CONDITION:
-                kinds[f"check_condition/{sense_key_name(key) or 'none'}"] += n
-            elif outcome.failed:
-                kinds[outcome.value] += n
-        for reason, n in self.connections_refused.items():
-            kinds[f"connection_refused/{reason}"] += n
-        if self.connections_evicted:
-            kinds["connection_evicted"] += self.connections_evicted
-        for deadline, n in self.deadline_closes.items():
-            kinds[f"deadline/{deadline}"] += n
-        if self.protocol_closes:
-            kinds["protocol_violation"] += self.protocol_closes
-        if self.worker_deaths:
-            kinds["worker_death"] += self.worker_deaths
-        return kinds
 
-
-def status_line(stats: Stats, clients: int, now: float) -> str:
+def status_line(stats: Stats, now: float) -> str:
     """The one-line STATUS= summary: `serving 12 clients, 4821 requests (3 failed), last
     error 2 min ago: ...`."""
+    clients = stats.clients
     text = (f"serving {clients} client{'' if clients == 1 else 's'}, "
             f"{stats.total_requests} request{'' if stats.total_requests == 1 else 's'}")
     failed = stats.failed_requests

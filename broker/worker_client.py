@@ -20,7 +20,16 @@ from dataclasses import dataclass
 from prguard.broker.loop import EPOLLIN, EPOLLOUT, Loop
 from prguard.shared import fdpass
 from prguard.shared.errors import ChannelError
-from prguard.shared.messages import Malformed, Ready, Refused, SgIoRequest, SgIoResult, decode
+from prguard.shared.messages import (
+    Alive,
+    Malformed,
+    Probe,
+    Ready,
+    Refused,
+    SgIoRequest,
+    SgIoResult,
+    decode,
+)
 
 log = logging.getLogger("prguard.broker")
 
@@ -74,6 +83,9 @@ class WorkerClient:
         self._backlog: list[tuple[bytes, int, int]] = []
         self.lost: str | None = None
         self.on_lost: Callable[[str], None] = lambda reason: None
+        #: the id of the last liveness probe sent, and who hears its answer
+        self._last_probe = 0
+        self.on_alive: Callable[[int], None] = lambda probe_id: None
 
     def start(self) -> None:
         self._loop.register(self._fd, EPOLLIN, self._on_event)
@@ -128,6 +140,19 @@ class WorkerClient:
         if self.lost is None:
             self._loop.modify(self._fd, EPOLLIN)
 
+    def probe(self) -> int | None:
+        """Send a liveness probe (no fd); its id, or None if the channel has no room now
+        or the worker is lost. Its answer goes to `on_alive`."""
+        if self.lost is not None:
+            return None
+        probe_id = next(self._ids)
+        try:
+            fdpass.send_message(self._channel, Probe(probe_id).encode())
+        except OSError:  # full now; or the worker is gone, which reading sees at once
+            return None
+        self._last_probe = probe_id
+        return probe_id
+
     def cancel(self, request_id: int) -> None:
         self._pending.pop(request_id, None)
         self._deadlines.discard(request_id)
@@ -142,6 +167,9 @@ class WorkerClient:
         try:
             got = fdpass.recv_message(self._channel)
         except BlockingIOError:
+            return
+        except ConnectionResetError:  # it closed with datagrams of ours unread (a probe)
+            self._lose("the worker exited")
             return
         except (OSError, ChannelError) as exc:
             self._lose(f"worker channel failed: {exc}")
@@ -168,6 +196,8 @@ class WorkerClient:
                 log.debug("late answer %d for a request nobody waits for", message.id)
             else:
                 self._lose(f"unexpected {type(message).__name__} from the worker")
+        elif isinstance(message, Alive) and 0 < message.id <= self._last_probe:
+            self.on_alive(message.id)
         elif isinstance(message, Malformed):
             self._lose(f"the worker could not decode a request: {message.reason}")
         else:

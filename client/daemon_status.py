@@ -214,8 +214,13 @@ def text_lines(status: DaemonStatus) -> list[str]:
         lines.append(f"prguard: {state}{where}")
     else:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap.started))
-        lines.append(f"prguard {snap.version}: {state}{where}, started {since} "
-                     f"(up {duration(status.now - snap.started)})")
+        if not snap.up and status.written is not None:  # its last file, on its way out
+            lines.append(f"prguard {snap.version}: {state}{where}, started {since}, "
+                         f"stopped {duration(status.now - status.written)} ago after "
+                         f"{duration(status.written - snap.started)}")
+        else:
+            lines.append(f"prguard {snap.version}: {state}{where}, started {since} "
+                         f"(up {duration(status.now - snap.started)})")
         lines.append(f"  clients {snap.clients} ({snap.connections} connections), requests "
                      f"{snap.requests}, failed {snap.failed}, in flight {snap.in_flight}")
         worker = ("answering its liveness probes" if snap.worker_healthy

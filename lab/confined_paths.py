@@ -106,9 +106,9 @@ def main(role: str, path: str) -> None:
             file = MetricsFile.create(metrics_path, None)
             stats = Stats()
             registry = metrics.registry_for(metrics.StatsCollector(
-                stats, "test", lambda: metrics.Gauges(1, 1)))
+                stats, "test"))
             file.publish(metrics.render(registry))
-            variables.update(zip(("METRICS_DIR_FD", "METRICS_FD_A", "METRICS_FD_B"),
+            variables.update(zip(("METRICS_DIR_FD", "METRICS_A_FD", "METRICS_B_FD"),
                                  file.fds(), strict=True))
 
             def publish() -> None:

@@ -66,6 +66,17 @@ class Service:
             if predicate in message:
                 return message
 
+    def collect(self, seconds: float) -> list[str]:
+        """Every notification that comes within `seconds`."""
+        got: list[str] = []
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                got.append(self.next_notification(left))
+            except TimeoutError:
+                break
+        return got
+
     def stderr_text(self) -> str:
         if self.journal is not None:
             if self._reader is not None:

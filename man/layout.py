@@ -11,3 +11,4 @@ class Layout:
     libdir: str = "/usr/local/lib/prguard"
     unitdir: str = "/usr/local/lib/systemd/system"
     sysusersdir: str = "/usr/local/lib/sysusers.d"
+    tmpfilesdir: str = "/usr/local/lib/tmpfiles.d"

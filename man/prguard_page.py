@@ -100,6 +100,9 @@ def build(layout: Layout) -> Page:
                 "the service, started on the first connection as user prguard.")
     page.tagged(italic(f"{layout.sysusersdir}/prguard.conf"),
                 "The prguard system user and group (systemd-sysusers).")
+    page.tagged(italic(f"{layout.tmpfilesdir}/prguard.conf"),
+                "The directory /run/prguard, owned by prguard, where the service writes "
+                "its --metrics-file, metrics.prom (systemd-tmpfiles).")
     page.tagged(italic(layout.libdir),
                 "prguard's own Python virtual environment; "
                 + f"{layout.bindir}/prguard and prguard-client link into it.")
@@ -135,7 +138,8 @@ def build(layout: Layout) -> Page:
 
     page.section("Examples")
     page.paragraph("Under systemd, with socket activation:")
-    page.example(["systemd-sysusers", "systemctl daemon-reload",
+    page.example(["systemd-sysusers", "systemd-tmpfiles --create prguard.conf",
+                  "systemctl daemon-reload",
                   "systemctl enable --now prguard.socket"])
     page.paragraph("As libvirt's helper for managed reservations, in /etc/libvirt/qemu.conf:")
     page.example([f'pr_helper = "{layout.bindir}/prguard"'])
@@ -145,7 +149,8 @@ def build(layout: Layout) -> Page:
     page.section("See also")
     page.raw(", ".join(f"{bold(name)}({section})" for name, section in (
         ("prguard-client", 1), ("qemu-pr-helper", 8), ("sg_persist", 8),
-        ("systemd.socket", 5), ("systemd-sysusers", 8), ("capabilities", 7),
+        ("systemd.socket", 5), ("systemd-sysusers", 8), ("systemd-tmpfiles", 8),
+        ("capabilities", 7),
         ("seccomp", 2))))
     return page
 

@@ -125,6 +125,16 @@ OPTION_GROUPS = (
                man="A client that stalls within its handshake, a CDB or a parameter list, "
                    "or does not read its reply, is disconnected. Idle time between "
                    "requests is not limited."),
+        Option("metrics-file", arg="PATH",
+               help=("write metrics there every few seconds",),
+               man="The Prometheus text format, for node_exporter's textfile collector "
+                   "(name it *.prom in its directory) and for prguard-client "
+                   "--daemon-status: requests by service action and outcome, their "
+                   "latency, connections, deadline closes, worker deaths (docs/USAGE.md, "
+                   "Operating it). Rewritten whole every few seconds, world-readable; "
+                   "replaced atomically, so a reader never sees part of it. The directory "
+                   "must be writable by the -u user: prguard swaps the file with a spare "
+                   "it keeps next to it, .NAME.next."),
         Option("check-policy", arg="FILE",
                help=("check a tenant policy file, print its rules and exit",),
                man="Reads FILE as --policy would and prints the rules in force, in the "
@@ -180,6 +190,7 @@ class Options:
     sg_per_device: int = DEFAULT_SG_PER_DEVICE
     print_seccomp: str | None = None
     check_policy: str | None = None
+    metrics_file: str | None = None
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_per_peer: int = DEFAULT_MAX_PER_PEER
     client_timeout: float = DEFAULT_MESSAGE_DEADLINE
@@ -278,6 +289,10 @@ def _apply(opts: Options, key: str, value: str | None, warn: Callable[[str], Non
         opts.print_seccomp = value
     elif key == "check-policy":
         opts.check_policy = value
+    elif key == "metrics-file":
+        if not value or not value.startswith("/"):
+            raise UsageError(f"--metrics-file takes an absolute path, not '{value}'")
+        opts.metrics_file = value
     elif key == "max-connections":
         assert value is not None
         opts.max_connections = int(_positive(key, value, int))

@@ -60,7 +60,7 @@ PROBE_VARIABLE = "PRGUARD_SECCOMP_PROBE"
 #: Stand-ins for the values each process fills in at start-up, in --print-seccomp output.
 PRINT_VARIABLES: dict[str, int | None] = {
     "SYSFS_BLOCK_FD": 1000, "SOCKET_DIR_FD": 1001, "TRACE_FD": 1002, "WAKEUP_FD": 1003,
-    "CHANNEL_FD": 1004, "METRICS_DIR_FD": 1005, "METRICS_FD_A": 1006, "METRICS_FD_B": 1007,
+    "CHANNEL_FD": 1004, "METRICS_DIR_FD": 1005, "METRICS_A_FD": 1006, "METRICS_B_FD": 1007,
     "FD_BOUNDARY": 1024, "WORKER_PID": 99999,
 }
 
@@ -138,6 +138,8 @@ def _fork_pair(opts: cli.Options, listener: listen.Listener, trace_sink: TextIO 
     probe_role, _, probe_call = probe.partition(":")
     broker_end, worker_end = socket.socketpair(
         socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    if opts.metrics_file is not None:
+        broker_main.load_metrics()  # imported now, its pages shared (the worker uses none)
     # Everything imported so far is shared by the two processes after the fork; frozen,
     # the garbage collector never writes to those objects, so their pages stay shared.
     gc.freeze()
@@ -163,6 +165,7 @@ def _fork_pair(opts: cli.Options, listener: listen.Listener, trace_sink: TextIO 
             max_connections=opts.max_connections, max_per_peer=opts.max_per_peer,
             message_deadline=opts.client_timeout, reply_deadline=opts.client_timeout,
             worker_deadline=opts.sg_timeout + broker_main.WORKER_GRACE),
+        metrics_path=opts.metrics_file, version=__version__, flush_logs=logs.flush_suppressed,
         seccomp_probe=probe_call if probe_role == "broker" else None,
     ))
 

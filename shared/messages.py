@@ -37,6 +37,8 @@ class MsgType(IntEnum):
     REFUSED = 0x13  #: worker -> broker: re-validation refused the request; status, sense
     MALFORMED = 0x15  #: worker -> broker: a datagram it could not decode at all
     READY = 0x17  #: worker -> broker, once: privileges dropped, serving
+    PROBE = 0x18  #: broker -> worker: a liveness probe, no fd (the watchdog)
+    ALIVE = 0x19  #: worker -> broker: a thread free of devices took the probe
 
 
 class Message:
@@ -195,8 +197,48 @@ class Ready(Message):
         return cls(*body)
 
 
+@dataclass(frozen=True, slots=True)
+class Probe(Message):
+    """Are you serving? Answered by whichever worker thread receives it, at once and
+    without touching a device: an answer means a thread is free to take requests."""
+
+    TYPE: ClassVar[MsgType] = MsgType.PROBE
+    FIELDS: ClassVar[int] = 1
+    id: int
+
+    def __post_init__(self) -> None:
+        _check_int("id", self.id, 0, MAX_ID)
+
+    def body(self) -> Body:
+        return (self.id,)
+
+    @classmethod
+    def from_body(cls, body: Body) -> Probe:
+        return cls(*body)
+
+
+@dataclass(frozen=True, slots=True)
+class Alive(Message):
+    """The answer to the Probe with the same id."""
+
+    TYPE: ClassVar[MsgType] = MsgType.ALIVE
+    FIELDS: ClassVar[int] = 1
+    id: int
+
+    def __post_init__(self) -> None:
+        _check_int("id", self.id, 0, MAX_ID)
+
+    def body(self) -> Body:
+        return (self.id,)
+
+    @classmethod
+    def from_body(cls, body: Body) -> Alive:
+        return cls(*body)
+
+
 _CLASSES: dict[int, type[Message]] = {
-    cls.TYPE.value: cls for cls in (SgIoRequest, SgIoResult, Refused, Malformed, Ready)
+    cls.TYPE.value: cls
+    for cls in (SgIoRequest, SgIoResult, Refused, Malformed, Ready, Probe, Alive)
 }
 _DECODE_ERRORS = (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
                   msgpack.StackError)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,9 +49,10 @@ def write_metrics(path: Path, *, up: bool = True, healthy: bool = True,
     stats.serving = up
     stats.worker_healthy = healthy
     stats.starts = 2
+    stats.clients, stats.connections_open = 3, 4
     file = MetricsFile.create(str(path), None)
     file.publish(metrics.render(metrics.registry_for(metrics.StatsCollector(
-        stats, "1.2.3", lambda: metrics.Gauges(clients=3, connections_open=4)))))
+        stats, "1.2.3"))))
     return stats
 
 
@@ -127,6 +129,9 @@ def test_states_other_than_serving_exit_non_zero_with_one_line(
     result = client("--metrics-file", str(path))
     assert result.returncode == code
     assert result.stderr == f"prguard-client: {message.format(path=path)}\n"
+    if setup == "stopped":
+        assert re.search(r"^prguard 1\.2\.3: stopped, started .*, stopped 0 s ago after "
+                         r"1 h 2 min$", result.stdout, re.M), result.stdout
     doc = json.loads(client("--metrics-file", str(path), "--json").stdout)
     VALIDATOR.validate(doc)
     assert doc["exit_status"] == code

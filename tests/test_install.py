@@ -13,6 +13,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +27,7 @@ PREFIX = "/usr/local"
 INSTALLED = {
     "bin/prguard", "bin/prguard-client", "lib/prguard/bin/python", "lib/prguard/pyvenv.cfg",
     "lib/systemd/system/prguard.service", "lib/systemd/system/prguard.socket",
-    "lib/sysusers.d/prguard.conf", "share/man/man8/prguard.8",
+    "lib/sysusers.d/prguard.conf", "lib/tmpfiles.d/prguard.conf", "share/man/man8/prguard.8",
     "share/man/man1/prguard-client.1",
 }
 
@@ -51,12 +52,15 @@ def destdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def in_installed_system(destdir: Path, argv: Sequence[str], etc: Path | None = None
                         ) -> list[str]:
     """argv run with the staged PREFIX mounted over the real one (and, with `etc`, its
-    passwd and group over the system's), in a mount namespace of its own where the
-    staging directory itself is empty: only the final paths work. unshare and sh exec,
-    so the command keeps the pid."""
+    passwd and group over the system's, and a /run of its own made by the installed
+    tmpfiles.d entry), in a mount namespace of its own where the staging directory
+    itself is empty: only the final paths work. unshare and sh exec, so the command
+    keeps the pid."""
     mounts = [f"mount --bind {destdir}{PREFIX} {PREFIX}", f"mount -t tmpfs none {destdir}"]
     if etc is not None:
         mounts += [f"mount --bind {etc}/{name} /etc/{name}" for name in ("passwd", "group")]
+        mounts += ["mount -t tmpfs none /run",
+                   f"systemd-tmpfiles --create {PREFIX}/lib/tmpfiles.d/prguard.conf"]
     script = " && ".join(mounts) + ' && exec "$@"'
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
             *argv]
@@ -68,12 +72,14 @@ def test_install_writes_what_an_administrator_needs(destdir: Path) -> None:
     assert files_under(destdir) == {f"{PREFIX.lstrip('/')}/{f}" for f in files_under(prefix)}
     assert os.readlink(prefix / "bin/prguard") == "../lib/prguard/bin/prguard"
     service = (prefix / "lib/systemd/system/prguard.service").read_text()
-    assert re.search(rf"^ExecStart={PREFIX}/bin/prguard -u prguard -g prguard$", service,
-                     re.M)
+    assert re.search(rf"^ExecStart={PREFIX}/bin/prguard -u prguard -g prguard "
+                     rf"--metrics-file=/run/prguard/metrics.prom$", service, re.M)
     assert (prefix / "lib/systemd/system/prguard.socket").read_bytes() == \
         (REPO / "systemd/prguard.socket").read_bytes()
     sysusers = (prefix / "lib/sysusers.d/prguard.conf").read_text()
     assert re.search(r"^u prguard - ", sysusers, re.M)
+    tmpfiles = (prefix / "lib/tmpfiles.d/prguard.conf").read_text()
+    assert re.search(r"^d /run/prguard 0755 prguard prguard -$", tmpfiles, re.M)
 
 
 def test_nothing_staged_names_the_staging_directory(destdir: Path) -> None:
@@ -178,8 +184,17 @@ def test_the_installed_service_starts_as_systemd_starts_it(
             assert not [m for m in mapped if m.startswith(("/root/", "/home/", "/tmp/"))]
         with Client(sock_path) as client:
             assert client.request(pr_in_cdb(), fd_zoo["loop"]).status == 2  # CHECK CONDITION
+        # The unit's --metrics-file, in the directory the tmpfiles.d entry made.
+        metrics = Path(f"/proc/{proc.pid}/root/run/prguard/metrics.prom")
+        deadline = time.monotonic() + 15
+        while "prguard_requests_total{" not in metrics.read_text():
+            assert time.monotonic() < deadline, metrics.read_text()
+            time.sleep(0.2)
+        assert metrics.stat().st_uid == _uid_of("prguard", etc_with_prguard_user)
         proc.terminate()
-        assert notify.recv(4096) == b"STOPPING=1"
+        while (state := notify.recv(4096)).startswith(b"STATUS="):  # reports meanwhile
+            pass
+        assert state == b"STOPPING=1"
         assert proc.wait(10) == 0
     finally:
         if proc.poll() is None:
@@ -207,7 +222,8 @@ def test_install_honours_prefix_and_a_relative_destdir(tmp_path: Path) -> None:
         if path.is_file() and not path.is_symlink():
             assert str(tmp_path).encode() not in path.read_bytes(), path
     prefix = tmp_path / "opt/pg"
-    assert "\nExecStart=/opt/pg/bin/prguard -u prguard -g prguard\n" in \
+    assert "\nExecStart=/opt/pg/bin/prguard -u prguard -g prguard " \
+        "--metrics-file=/run/prguard/metrics.prom\n" in \
         (prefix / "lib/systemd/system/prguard.service").read_text()
     assert (prefix / "lib/prguard/bin/prguard-client").read_text().startswith(
         "#!/opt/pg/lib/prguard/bin/python\n")

@@ -65,14 +65,25 @@ def test_admission_counts_per_peer_and_in_all() -> None:
     for key in ("a", "b", "d"):  # all of them past their handshake
         assert admission.admit(key, peer(11 if key == "d" else 10)) == Admitted()
         admission.handshake_done(key)
+    assert admission.peers == 2
     assert isinstance(admission.admit("c", peer(10)), Refused)  # third from the same peer
     assert admission.full and not admission.accepting
-    assert isinstance(admission.admit("e", peer(12)), Refused)  # all slots taken
+    refused = admission.admit("e", peer(12))  # all slots taken
+    assert isinstance(refused, Refused) and refused.limit == "max_connections"
     admission.release("a")
     assert not admission.full and admission.accepting
     assert admission.admit("e", peer(12)) == Admitted()
     admission.release("zz")  # holds no slot: nothing happens
     assert admission.total == 3
+
+
+def test_a_refusal_names_the_limit() -> None:
+    admission = Admission(Limits(max_connections=5, max_per_peer=2))
+    admission.admit("a", peer(10))
+    admission.admit("b", peer(10))
+    assert admission.admit("c", peer(10)) == Refused(
+        "peer already holds 2 connections, the limit", "max_per_peer")
+    assert admission.peers == 1
 
 
 def test_admission_evicts_the_oldest_handshaking_connection_to_make_room() -> None:
@@ -92,7 +103,8 @@ def test_admission_evicts_the_oldest_handshaking_connection_to_make_room() -> No
     # a newcomer whose own peer is at its limit evicts nobody
     admission.release("done")
     admission.admit("third", peer(5))
-    assert admission.admit("x", peer(4)) == Refused("3 connections open, the limit")
+    assert admission.admit("x", peer(4)) == Refused("3 connections open, the limit",
+                                                    "max_connections")
     admission.release("third")  # "third" still held its slot: it was not evicted for it
     assert admission.total == 2
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from lab.processes import REPO
 from prguard.broker import metrics
 from prguard.broker.metrics_file import MetricsFile, MetricsFileError, spare_name
 from prguard.broker.stats import (
@@ -39,7 +42,7 @@ def busy_stats() -> Stats:
                        0.00004)
     stats.request_done(PR_OUT, PrOutAction.CLEAR, Outcome.WORKER_LOST,
                        SenseKey.ABORTED_COMMAND, 1.5)
-    stats.request_done(PR_OUT, PrOutAction.CLEAR, Outcome.REFUSED_LIMIT,
+    stats.request_done(PR_OUT, PrOutAction.CLEAR, Outcome.WORKER_TIMEOUT,
                        SenseKey.ABORTED_COMMAND, 35.0)
     stats.connections_accepted = 9
     stats.connections_refused["max_per_peer"] += 2
@@ -48,6 +51,7 @@ def busy_stats() -> Stats:
     stats.protocol_closes = 5
     stats.worker_deaths = 1
     stats.starts = 3
+    stats.clients, stats.connections_open = 2, 3
     return stats
 
 
@@ -72,7 +76,7 @@ def test_outcomes_and_sense_keys() -> None:
 
 def test_the_text_names_every_count() -> None:
     stats = busy_stats()
-    collector = metrics.StatsCollector(stats, "9.9", lambda: metrics.Gauges(2, 3))
+    collector = metrics.StatsCollector(stats, "9.9")
     found = samples(metrics.render(metrics.registry_for(collector)))
 
     def requests(command: str, action: str, outcome: str, key: str = "") -> float:
@@ -85,7 +89,7 @@ def test_the_text_names_every_count() -> None:
     assert requests("pr_out", "register", "check_condition", "unit_attention") == 1
     assert requests("pr_in", "0x1f", "refused_validation", "illegal_request") == 1
     assert requests("pr_out", "clear", "worker_lost", "aborted_command") == 1
-    assert requests("pr_out", "clear", "refused_limit", "aborted_command") == 1
+    assert requests("pr_out", "clear", "worker_timeout", "aborted_command") == 1
     # Histograms: cumulative buckets, count and sum per command.
     pr_out = {dict(labels)["le"]: value for (name, labels), value in found.items()
               if name == "prguard_request_duration_seconds_bucket"
@@ -116,29 +120,26 @@ def test_the_text_names_every_count() -> None:
 def test_counters_carry_over_through_the_file() -> None:
     stats = busy_stats()
     text = metrics.render(metrics.registry_for(
-        metrics.StatsCollector(stats, "1", lambda: metrics.Gauges(0, 0))))
+        metrics.StatsCollector(stats, "1")))
     assert metrics.carried_over(text) == {"prguard_starts": 3, "prguard_worker_deaths": 1}
     assert metrics.carried_over(b"") == {}
     assert metrics.carried_over(b"\xff\x00 not { metrics") == {}
 
 
-def test_errors_by_kind_and_the_status_line() -> None:
+def test_the_status_line() -> None:
     stats = busy_stats()
     assert stats.total_requests == 8
     assert stats.failed_requests == 5
-    assert stats.errors_by_kind() == {
-        "reservation_conflict": 1, "check_condition/unit_attention": 1,
-        "refused_validation": 1, "worker_lost": 1, "refused_limit": 1,
-        "connection_refused/max_per_peer": 2, "connection_evicted": 1, "deadline/reply": 4,
-        "protocol_violation": 5, "worker_death": 1}
-    assert status_line(Stats(), 0, 0.0) == "serving 0 clients, 0 requests, no errors"
+    assert status_line(Stats(), 0.0) == "serving 0 clients, 0 requests, no errors"
     stats.last_error = LastError(1000.0, "pid 7 uid 0 gid 0: Invalid CDB, closing socket.")
-    assert status_line(stats, 1, 1120.0) == (
+    stats.clients = 1
+    assert status_line(stats, 1120.0) == (
         "serving 1 client, 8 requests (5 failed), last error 2 min ago: "
         "pid 7 uid 0 gid 0: Invalid CDB, closing socket.")
     stats.worker_healthy = False
     stats.last_error = LastError(1000.0, "x" * 500)
-    line = status_line(stats, 12, 1003.0)
+    stats.clients = 12
+    line = status_line(stats, 1003.0)
     assert line.startswith("serving 12 clients, 8 requests (5 failed), WORKER NOT "
                            "ANSWERING, last error 3 s ago: xxx")
     assert len(line) < 250 and "\n" not in line
@@ -196,12 +197,13 @@ def test_a_file_someone_removed_is_an_error_not_a_crash(tmp_path: Path) -> None:
     path = tmp_path / "m.prom"
     file = MetricsFile.create(str(path), None)
     (tmp_path / spare_name("m.prom")).unlink()
-    with pytest.raises(MetricsFileError, match=r"cannot replace .*No such file"):
+    with pytest.raises(MetricsFileError, match=r"cannot replace .*was removed") as raised:
         file.publish(b"x\n")
+    assert raised.value.lasting
 
 
 def test_label_values_come_from_the_one_table_of_scsi_names() -> None:
-    from prguard.broker.stats import sense_key_name, service_action_name
+    from prguard.broker.metrics import sense_key_name, service_action_name
     assert [sense_key_name(k) for k in (-1, 0, 5, 6, 0xB, 0xC, 0xF)] == [
         "", "no_sense", "illegal_request", "unit_attention", "aborted_command",
         "reserved_0xc", "completed"]
@@ -210,3 +212,42 @@ def test_label_values_come_from_the_one_table_of_scsi_names() -> None:
     assert service_action_name(PR_IN, PrInAction.READ_FULL_STATUS) == "read_full_status"
     assert service_action_name(PR_IN, 0x1F) == "0x1f"
     assert service_action_name(PR_OUT, 0x09) == "0x09"
+
+
+# -- prometheus-client without the HTTP and TLS modules ----------------------------------
+
+def run_python(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_broker_imports_prometheus_client_without_http_and_tls() -> None:
+    """What the stand-ins keep out, and that they leave nothing behind."""
+    out = run_python(
+        "import sys\n"
+        "from prguard.broker import metrics\n"
+        "from prguard.broker.stats import Stats\n"
+        "text = metrics.render(metrics.registry_for(metrics.StatsCollector(Stats(), 'x')))\n"
+        "print(b'prguard_up 1.0' in text)\n"
+        "print(sorted(m for m in ('ssl', 'http.server', 'urllib.request', 'wsgiref', 'gzip',"
+        " 'email', 'http.client') if m in sys.modules))\n"
+        "import ssl; print(ssl.SSLContext.__module__)\n")
+    assert out.splitlines() == ["True", "[]", "ssl"]
+
+
+def test_when_the_library_needs_more_it_is_imported_the_ordinary_way() -> None:
+    """A stand-in missing a name the library binds at import time (as a new version
+    could need): the import fails within, everything is forgotten, and the ordinary
+    import follows; the metrics render all the same."""
+    out = run_python(
+        "import sys\n"
+        "from prguard.broker import lean_import\n"
+        "lean_import.STAND_INS['ssl'] = {}\n"
+        "from prguard.broker import metrics\n"
+        "from prguard.broker.stats import Stats\n"
+        "text = metrics.render(metrics.registry_for(metrics.StatsCollector(Stats(), 'x')))\n"
+        "print(b'prguard_up 1.0' in text, 'ssl' in sys.modules,"
+        " sys.modules['ssl'].__doc__.startswith('a stand-in'))\n")
+    assert out.split() == ["True", "True", "False"]

@@ -40,7 +40,7 @@ def test_units_say_what_the_issue_requires() -> None:
                  "SystemCallFilter=seccomp", "MemoryDenyWriteExecute=yes",
                  "SystemCallArchitectures=native", "PrivateNetwork=yes"):
         assert f"\n{line}\n" in service, line
-    assert re.search(r"\nExecStart=\S*prguard -u \S+ -g \S+\n", service)
+    assert re.search(r"\nExecStart=\S*prguard -u \S+ -g \S+( --\S+)*\n", service)
     # In comments only: both would take CAP_SYS_RAWIO away.
     assert not re.search(r"^(PrivateDevices|PrivateUsers)=", service, re.M)
     for line in ("ListenStream=/run/qemu-pr-helper.sock", "SocketMode=0660",
@@ -74,7 +74,9 @@ def test_started_like_systemd_it_notifies_ready_once_it_serves(
         with Client(sock_path) as client:
             assert client.request(pr_in_cdb(), fd_zoo["loop"]).status == 2
         proc.terminate()
-        assert notify.recv(4096) == b"STOPPING=1"
+        while (state := notify.recv(4096)).startswith(b"STATUS="):  # reports meanwhile
+            pass
+        assert state == b"STOPPING=1"
         assert proc.wait(10) == 0
         assert os.path.exists(sock_path)  # an activated socket is systemd's to remove
     finally:
@@ -142,3 +144,16 @@ def test_too_low_a_tasks_max_is_one_clear_line_not_a_silent_cap(sockdir: Path) -
                 r"\+ 1 tasks\n", service.stderr_text()), service.stderr_text()
         finally:
             service.close()
+
+
+def test_the_metrics_file_is_where_the_tmpfiles_entry_and_the_client_expect_it() -> None:
+    """--metrics-file in the unit: its directory made (owned by the -u user) by the
+    tmpfiles.d entry and writable in the unit; prguard-client --daemon-status reads it
+    there by default."""
+    from prguard.client.daemon_status import DEFAULT_METRICS_FILE
+    assert exec_start_options().metrics_file == DEFAULT_METRICS_FILE
+    directory = os.path.dirname(DEFAULT_METRICS_FILE)
+    tmpfiles = (UNITS / "prguard.tmpfiles").read_text()
+    assert re.search(rf"^d {directory} 0755 prguard prguard -$", tmpfiles, re.M)
+    assert unit_setting("ReadWritePaths", UNITS / "prguard.service") == directory
+    assert unit_setting("WatchdogSec", UNITS / "prguard.service") == "30s"

@@ -26,9 +26,11 @@ from typing import NamedTuple
 
 from prguard.shared.errors import ChannelError
 from prguard.shared.messages import (
+    Alive,
     Malformed,
     Message,
     MsgType,
+    Probe,
     Refused,
     SgIoRequest,
     SgIoResult,
@@ -89,8 +91,18 @@ def _sg_io_request(message: Message, fd: int | None, facts: FdFacts | None) -> S
     return Job(request, fd, facts.rdev)
 
 
+def _probe(message: Message, fd: int | None, facts: FdFacts | None) -> Screened:
+    """The watchdog's question, answered by the thread that took it: it is free. A probe
+    carries no fd; one that does is a broker that does not follow the protocol."""
+    assert isinstance(message, Probe)
+    if fd is not None:
+        return Malformed("a probe with an fd")
+    return Alive(message.id)
+
+
 HANDLERS: dict[MsgType, Handler] = {
     MsgType.SGIO_REQUEST: _sg_io_request,
+    MsgType.PROBE: _probe,
 }
 
 

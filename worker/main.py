@@ -26,7 +26,7 @@ import prctl
 
 from prguard.shared import fdcheck, fdpass, fdpin, privileges, sandbox
 from prguard.shared.errors import ChannelError
-from prguard.shared.messages import Malformed, Ready, SgIoRequest, decode
+from prguard.shared.messages import Malformed, Probe, Ready, SgIoRequest, decode
 from prguard.shared.privileges import Identity
 from prguard.worker import handler, sgio
 from prguard.worker.device_gate import DeviceGate
@@ -58,9 +58,13 @@ def _die(message: str, code: int = 1) -> NoReturn:
     os._exit(code)
 
 
-def _send(channel: socket.socket, payload: bytes) -> None:
+def _send(channel: socket.socket, payload: bytes, broker_pid: int) -> None:
     try:
         fdpass.send_message(channel, payload)
+    except (BrokenPipeError, ConnectionResetError):
+        # The broker has shut the channel down: it is stopping (and no longer waits for
+        # this answer, a liveness probe's say) or it died.
+        _end_of_channel(broker_pid)
     except OSError as exc:
         _die(f"worker: cannot answer the broker ({exc.strerror}); exiting")
 
@@ -74,6 +78,9 @@ def _warm_up(sysfs_block: int, timeout_ms: int) -> None:
     handler.screen(request.encode(), None, None)
     handler.screen(request.encode(), 2, facts)
     handler.screen(b"\xc1", None, None)
+    alive = handler.screen(Probe(1).encode(), None, None)
+    assert not isinstance(alive, handler.Job)
+    alive.encode()
     outcome = sgio.issue(2, request.cdb, b"", timeout_ms)  # ENOTTY on stderr: the whole path
     map_outcome(outcome, 24, pr_in=True)
     log.debug("worker: warm-up done")
@@ -107,7 +114,7 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
             _die(f"worker: internal error running request {job.request.id}: {exc!r}", 70)
         finally:
             os.close(job.fd)
-        _send(channel, result.encode())
+        _send(channel, result.encode(), broker_pid)
 
     try:
         sysfs_block = fdcheck.open_sysfs_block()
@@ -144,7 +151,7 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
         _die(f"worker: seccomp let {probe} through", 3)
     log.debug("worker: pid %d serving; SG_IO timeout %d ms, %d threads, %d per device",
               os.getpid(), config.sg_timeout_ms, config.threads, config.per_device)
-    _send(channel, Ready(os.getpid()).encode())
+    _send(channel, Ready(os.getpid()).encode(), broker_pid)
     _receive_loop(channel, sysfs_block, gate, broker_pid)  # the main thread is one more
 
 
@@ -172,7 +179,7 @@ def _receive_loop(channel: socket.socket, sysfs_block: int, gate: DeviceGate,
         try:
             got = fdpass.recv_message(channel)
         except ChannelError as exc:
-            _send(channel, Malformed(str(exc)).encode())
+            _send(channel, Malformed(str(exc)).encode(), broker_pid)
             continue
         except OSError as exc:
             _die(f"worker: channel read failed ({exc.strerror}); exiting")
@@ -191,4 +198,4 @@ def _receive_loop(channel: socket.socket, sysfs_block: int, gate: DeviceGate,
             continue
         if fd is not None:
             os.close(fd)
-        _send(channel, outcome.encode())
+        _send(channel, outcome.encode(), broker_pid)
