@@ -48,14 +48,15 @@ def _stand_in(name: str, names: dict[str, type | None]) -> types.ModuleType:
 
 @contextlib.contextmanager
 def without_servers(package: str = "prometheus_client") -> Iterator[None]:
-    """Within: the stand-ins are importable. On an error, the package's modules and the
-    stand-ins are forgotten (sys.modules as before) and the error is raised."""
+    """Within: the stand-ins are importable. When the import fails for want of one, the
+    package's modules and the stand-ins are forgotten (sys.modules as before) and the
+    error is raised."""
     added = [name for name in STAND_INS if name not in sys.modules]
     for name in added:
         sys.modules[name] = _stand_in(name, STAND_INS[name])
     try:
         yield
-    except BaseException:
+    except (ImportError, AttributeError, TypeError):  # what a missing stand-in raises
         for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
             del sys.modules[name]
         raise
