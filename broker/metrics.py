@@ -86,11 +86,9 @@ class StatsCollector(Collector):
             "prguard_requests", "PERSISTENT RESERVE IN/OUT requests answered, by command, "
             "service action and outcome (sense key for CHECK CONDITION and refusals)",
             labels=["command", "service_action", "outcome", "sense_key"])
-        for (opcode, action, outcome, key), count in sorted(
-                stats.requests.items(), key=lambda item: (item[0][0], item[0][1],
-                                                          item[0][2].value, item[0][3])):
+        for (opcode, action, outcome, key), count in sorted(stats.requests.items()):
             requests.add_metric([command_name(opcode), service_action_name(opcode, action),
-                                 outcome.value, sense_key_name(key)], count)
+                                 outcome, sense_key_name(key)], count)
         yield requests
         latency = HistogramMetricFamily(
             "prguard_request_duration_seconds", "Time from a request's last byte read to "

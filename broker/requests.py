@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 
 from prguard.broker.admission import Peer
-from prguard.broker.stats import Outcome, Stats, device_outcome, sense_key
+from prguard.broker.stats import BY_STATUS, Outcome, Stats, sense_key
 from prguard.broker.trace import Tracer
 from prguard.broker.worker_client import Answer, NoAnswer, WorkerClient, WorkerLost
 from prguard.shared import fdcheck
@@ -28,6 +28,7 @@ log = logging.getLogger("prguard.broker")
 UNKNOWN_OUTCOME = PrReply.generated(Status.CHECK_CONDITION, Sense.LUN_COMM_FAILURE)
 
 OnReply = Callable[[bytes], None]
+_CHECK_CONDITION = int(Status.CHECK_CONDITION)
 
 
 def cdb_text(cdb: bytes) -> str:
@@ -91,7 +92,7 @@ class Requests:
         self._worker.forward(request.cdb, request.parameter_list, request.fd, on_answer)
 
     def _reply_for(self, answer: Answer, request: PrRequest, peer: Peer
-                   ) -> tuple[PrReply, bool, Outcome | None]:
+                   ) -> tuple[PrReply, bool, str | None]:
         """The reply for the worker's answer, whether that has been logged, and the
         outcome if it is not the device's."""
         if isinstance(answer, WorkerLost):
@@ -110,7 +111,7 @@ class Requests:
 
     def settle(self, conn: ServerConnection, request: PrRequest, peer: Peer,
                reply: PrReply, started: float, logged: bool = False,
-               outcome: Outcome | None = None) -> bytes:
+               outcome: str | None = None) -> bytes:
         """The reply QEMU gets for `request`, encoded: where the broker's part of a
         request ends, whatever it came to, and where it is counted (`outcome`: None when
         the device answered). A reply QEMU must not get (data where the protocol allows
@@ -126,8 +127,9 @@ class Requests:
         cdb = request.cdb
         status = reply.status
         self._stats.request_done(
-            cdb[0], cdb[1] & 0x1F, device_outcome(status) if outcome is None else outcome,
-            sense_key(reply.sense) if status == Status.CHECK_CONDITION else -1,
+            cdb[0], cdb[1] & 0x1F,
+            BY_STATUS.get(status, Outcome.OTHER_STATUS) if outcome is None else outcome,
+            sense_key(reply.sense) if status == _CHECK_CONDITION else -1,
             self._clock() - started)
         if not logged and log.isEnabledFor(logging.INFO):
             log.info("%s: %s -> status %#04x sense %s, %d bytes", peer,
