@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from prguard import __version__
-from prguard.audit import render
+from prguard.shared import audit_render as render
 from prguard.shared.audit_chain import Where, verify
 from prguard.shared.audit_record import Record, RecordError, decode
 from prguard.shared.vpd import by_id_names

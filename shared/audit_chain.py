@@ -33,8 +33,15 @@ class Head:
 def link(record: Record, head: Head) -> tuple[bytes, Head]:
     """The line for `record` as the next one after `head` (its seq and prev are set
     here), with its newline, and the new head."""
-    line = encode(replace(record, seq=head.seq + 1, prev=head.hash))
-    return line + b"\n", Head(head.seq + 1, digest(line))
+    _, line, new_head = chained(record, head)
+    return line, new_head
+
+
+def chained(record: Record, head: Head) -> tuple[Record, bytes, Head]:
+    """`record` as the next one after `head`, its line (with newline), the new head."""
+    linked = replace(record, seq=head.seq + 1, prev=head.hash)
+    line = encode(linked)
+    return linked, line + b"\n", Head(linked.seq, digest(line))
 
 
 def head_of(line: bytes) -> Head:

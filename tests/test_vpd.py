@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lab.vpd_pages import descriptor, page83
 from prguard.shared.vpd import (
     by_id_names,
     designators,
@@ -15,17 +16,6 @@ from prguard.shared.vpd import (
 NAA6 = bytes.fromhex("6001405aa11b2c3d4e5f60718293a4b5")
 NAA5 = bytes.fromhex("5001405aa11b2c3d")
 EUI64 = bytes.fromhex("0011223344556677")
-
-
-def descriptor(value: bytes, kind: int, association: int = 0, code_set: int = 1,
-               protocol: int = 0, piv: bool = False) -> bytes:
-    return (bytes([protocol << 4 | code_set, (0x80 if piv else 0) | association << 4 | kind,
-                   0, len(value)]) + value)
-
-
-def page83(*descriptors: bytes) -> bytes:
-    body = b"".join(descriptors)
-    return bytes([0, 0x83]) + len(body).to_bytes(2, "big") + body
 
 
 # What LIO's fileio LU answers: NAA 6 for the LU, T10 vendor id, the target port's
