@@ -102,6 +102,8 @@ class Sense:
 
     NO_SENSE = SenseCode(SenseKey.NO_SENSE, 0x00, 0x00)
     INVALID_OPCODE = SenseCode(SenseKey.ILLEGAL_REQUEST, 0x20, 0x00)
+    #: the tenant policy's refusal (SPC-4's answer of access controls)
+    ACCESS_DENIED = SenseCode(SenseKey.ILLEGAL_REQUEST, 0x20, 0x02)
     INVALID_FIELD = SenseCode(SenseKey.ILLEGAL_REQUEST, 0x24, 0x00)
     INVALID_PARAM = SenseCode(SenseKey.ILLEGAL_REQUEST, 0x26, 0x00)
     INVALID_PARAM_LEN = SenseCode(SenseKey.ILLEGAL_REQUEST, 0x1A, 0x00)
