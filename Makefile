@@ -100,11 +100,12 @@ man: venv
 	$(BIN)/python -m prguard.man build/man
 
 # -- install ------------------------------------------------------------------------------
-# prguard in its own virtual environment under LIBDIR, `prguard` and `prguard-client` in
-# BINDIR, the systemd units (ExecStart= in BINDIR), the prguard user for systemd-sysusers,
-# its metrics directory for systemd-tmpfiles, and the man pages. DESTDIR stages all of it
-# for a package: a virtual environment cannot be moved, so every path written there
-# (scripts' #! lines, pyvenv.cfg, the compiled modules' file names) is the final one. Not under /root, /home or /tmp: the unit's
+# prguard in its own virtual environment under LIBDIR, `prguard`, `prguard-client` and
+# `prguard-audit` in BINDIR, the systemd units (ExecStart= in BINDIR), the prguard user
+# for systemd-sysusers, its metrics directory for systemd-tmpfiles, and the man pages.
+# DESTDIR stages all of it for a package: a virtual environment cannot be moved, so every
+# path written there (scripts' #! lines, pyvenv.cfg, the compiled modules' file names) is
+# the final one. Not under /root, /home or /tmp: the unit's
 # ProtectHome= and PrivateTmp= hide those from the service.
 PREFIX = /usr/local
 BINDIR = $(PREFIX)/bin
@@ -119,8 +120,8 @@ INSTALL_PYTHON = /usr/bin/python3
 STAGE = $(abspath $(DESTDIR)$(LIBDIR))
 WHEELS := build/wheels
 PACKAGE_SOURCES := pyproject.toml README.md LICENSE \
-        $(wildcard prguard/*.py broker/*.py worker/*.py shared/*.py client/*.py man/*.py \
-                   seccomp/*.py seccomp/*.policy)
+        $(wildcard prguard/*.py broker/*.py worker/*.py shared/*.py client/*.py audit/*.py \
+                   man/*.py seccomp/*.py seccomp/*.policy)
 
 # Wheels of prguard and of its dependencies (python-prctl is compiled here), so that the
 # install itself needs neither a network nor a compiler.
@@ -154,6 +155,7 @@ install: build
 	  $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8
 	ln -sfr $(STAGE)/bin/prguard $(DESTDIR)$(BINDIR)/prguard
 	ln -sfr $(STAGE)/bin/prguard-client $(DESTDIR)$(BINDIR)/prguard-client
+	ln -sfr $(STAGE)/bin/prguard-audit $(DESTDIR)$(BINDIR)/prguard-audit
 	sed 's|^ExecStart=/usr/local/bin/prguard |ExecStart=$(BINDIR)/prguard |' \
 	  systemd/prguard.service > build/prguard.service
 	grep -q '^ExecStart=$(BINDIR)/prguard ' build/prguard.service
@@ -164,13 +166,14 @@ install: build
 	install -m 644 systemd/prguard.tmpfiles $(DESTDIR)$(TMPFILESDIR)/prguard.conf
 	$(STAGE)/bin/python -P -m prguard.man --bindir=$(BINDIR) --libdir=$(LIBDIR) \
 	  --unitdir=$(UNITDIR) --sysusersdir=$(SYSUSERSDIR) --tmpfilesdir=$(TMPFILESDIR) build/man
-	install -m 644 build/man/prguard-client.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 644 build/man/prguard-client.1 build/man/prguard-audit.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 644 build/man/prguard.8 $(DESTDIR)$(MANDIR)/man8/
 
 uninstall:
 	@$(CHECK_LIBDIR)
 	rm -rf $(DESTDIR)$(LIBDIR)
 	rm -f $(DESTDIR)$(BINDIR)/prguard $(DESTDIR)$(BINDIR)/prguard-client \
+	  $(DESTDIR)$(BINDIR)/prguard-audit $(DESTDIR)$(MANDIR)/man1/prguard-audit.1 \
 	  $(DESTDIR)$(UNITDIR)/prguard.socket $(DESTDIR)$(UNITDIR)/prguard.service \
 	  $(DESTDIR)$(SYSUSERSDIR)/prguard.conf $(DESTDIR)$(TMPFILESDIR)/prguard.conf \
 	  $(DESTDIR)$(MANDIR)/man1/prguard-client.1 $(DESTDIR)$(MANDIR)/man8/prguard.8

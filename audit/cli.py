@@ -145,7 +145,7 @@ def run_show(paths: Sequence[str], filters: Filters, as_json: bool) -> int:
     return EXIT_BROKEN if damaged else EXIT_OK
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Check and read prguard's audit trail (--audit-log).",
         epilog="Files are read oldest first; .gz files are decompressed. Times are UTC.")
@@ -155,11 +155,12 @@ def _parser() -> argparse.ArgumentParser:
         "verify", help="check that the records form one unbroken hash chain",
         description="Report the first record that was changed, removed or reordered; "
                     "exit 1 if there is one.")
-    check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("files", nargs="+", metavar="FILE",
+                       help="audit files, oldest first (a chain may span rotations)")
     show = commands.add_parser(
         "show", help="print the records for people",
         description="One line per request: when, which VM, what, on which LU, the answer.")
-    show.add_argument("files", nargs="+", metavar="FILE")
+    show.add_argument("files", nargs="+", metavar="FILE", help="audit files, oldest first")
     show.add_argument("--device", action="append", default=[], metavar="GLOB",
                       help="only this device: a WWN (0x...), a by-id name (wwn-0x..., "
                            "dm-name-...), a dm name or major:minor; repeatable")
@@ -175,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = _parser()
+    parser = build_parser()
     try:
         options = parser.parse_args(argv)
     except SystemExit as exc:  # argparse has printed usage or help

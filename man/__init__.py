@@ -1,1 +1,2 @@
-"""prguard(8) and prguard-client(1), generated from the option tables --help prints."""
+"""prguard(8), prguard-client(1) and prguard-audit(1), generated from the option tables
+--help prints."""

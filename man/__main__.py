@@ -1,4 +1,5 @@
-"""`python -m prguard.man [--bindir=...] OUTDIR`: write prguard.8 and prguard-client.1 there."""
+"""`python -m prguard.man [--bindir=...] OUTDIR`: write prguard.8, prguard-client.1 and
+prguard-audit.1 there."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
-from prguard.man import client_page, prguard_page
+from prguard.man import audit_page, client_page, prguard_page
 from prguard.man.layout import Layout
 
 
@@ -21,6 +22,7 @@ def main() -> None:
     args.outdir.mkdir(parents=True, exist_ok=True)
     (args.outdir / "prguard.8").write_text(prguard_page.render(layout))
     (args.outdir / "prguard-client.1").write_text(client_page.render())
+    (args.outdir / "prguard-audit.1").write_text(audit_page.render())
 
 
 if __name__ == "__main__":

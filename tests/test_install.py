@@ -25,10 +25,11 @@ from prguard.client.session import Client, pr_in_cdb
 
 PREFIX = "/usr/local"
 INSTALLED = {
-    "bin/prguard", "bin/prguard-client", "lib/prguard/bin/python", "lib/prguard/pyvenv.cfg",
+    "bin/prguard", "bin/prguard-client", "bin/prguard-audit", "lib/prguard/bin/python",
+    "lib/prguard/pyvenv.cfg",
     "lib/systemd/system/prguard.service", "lib/systemd/system/prguard.socket",
     "lib/sysusers.d/prguard.conf", "lib/tmpfiles.d/prguard.conf", "share/man/man8/prguard.8",
-    "share/man/man1/prguard-client.1",
+    "share/man/man1/prguard-client.1", "share/man/man1/prguard-audit.1",
 }
 
 

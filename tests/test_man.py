@@ -14,7 +14,10 @@ import pytest
 from lab.processes import REPO
 
 SCRIPTS = Path(sys.executable).parent
-PAGES = {"prguard": "prguard.8", "prguard-client": "prguard-client.1"}
+PAGES = {"prguard": "prguard.8", "prguard-client": "prguard-client.1",
+         "prguard-audit": "prguard-audit.1"}
+#: Commands whose options are spread over subcommands (each with its own -h).
+SUBCOMMANDS = {"prguard-audit": ("verify", "show")}
 #: An option as -h and the page's tags write it: -k, --socket (up to `=` or a space).
 OPTION = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
 
@@ -36,9 +39,10 @@ def rendered(page: Path) -> str:
 
 
 def help_options(command: str) -> set[str]:
-    """Every option in the option column of `command -h`."""
-    text = subprocess.run([str(SCRIPTS / command), "-h"], capture_output=True, text=True,
-                          check=True).stdout
+    """Every option in the option column of `command -h` (and of each subcommand's)."""
+    text = "".join(subprocess.run([str(SCRIPTS / command), *sub, "-h"], capture_output=True,
+                                  text=True, check=True).stdout
+                   for sub in ((), *((s,) for s in SUBCOMMANDS.get(command, ()))))
     found: set[str] = set()
     for line in text.splitlines():
         column = re.match(r"\s+(-\S.*?)(?:\s{2,}|$)", line)
@@ -75,7 +79,8 @@ def page_options(text: str) -> set[str]:
 def test_every_option_of_help_has_an_entry_in_the_page_and_the_reverse(
         pages: Path, command: str) -> None:
     in_help = help_options(command)
-    assert {"-h", "--help"} <= in_help and len(in_help) > 15
+    assert {"-h", "--help"} <= in_help and len(in_help) > (15 if command != "prguard-audit"
+                                                           else 8)
     assert page_options(rendered(pages / PAGES[command])) == in_help
 
 
