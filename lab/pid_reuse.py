@@ -5,8 +5,9 @@ Run as PID 1 of a new pid namespace with its own /proc (`unshare --pid --fork
 
 1. client A (in cgroup A) connects, prguard's side accepts, A exits and is reaped;
 2. process B is forked with A's pid and moves itself into cgroup B;
-3. broker.peer_identity identifies the accepted connection (pid = A's pid), once with
-   SO_PEERPIDFD as the kernel has it and once as on a kernel without it;
+3. the accepted connection (pid = A's pid) is identified as prguard does it (the broker's
+   SO_PEERPIDFD, the worker's reading of /proc), once with the pidfd where the kernel has
+   it and once as on a kernel without it;
 4. a live client C (cgroup A) is identified the same two ways, as a control.
 
 Prints one JSON object: what each identification found, and B's cgroup, which must
@@ -26,7 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from prguard.broker import peer_identity
+from prguard.broker.peer_pidfd import PeerGone, peer_pidfd
+from prguard.worker.client_identity import boot_ticks, identify, read_proc
 
 UCRED = struct.Struct("3i")
 
@@ -57,24 +59,29 @@ def spawn(cgroup: str, then: str, sock_path: str) -> int:
     return pid
 
 
-def both_ways(sock: socket.socket, pid: int, proc_fd: int, accepted: int) -> dict[str, object]:
+def both_ways(sock: socket.socket, pid: int, asked: int) -> dict[str, object]:
+    """Identify the connection with the peer's pidfd and without one."""
     found: dict[str, object] = {}
-    real = peer_identity.peer_pidfd
-    for how in ("pidfd", "start-time"):
-        if how == "start-time":
-            peer_identity.peer_pidfd = lambda _sock: None  # type: ignore[assignment]
-        try:
-            identity = peer_identity.identify(sock, pid, 0, 0, proc_fd, accepted)
-        finally:
-            peer_identity.peer_pidfd = real
-        found[how] = {"cgroup": identity.cgroup, "pidfd": identity.pidfd}
-    found["kernel_has_pidfd"] = real(sock) is not None
+    try:
+        pidfd = peer_pidfd(sock)
+        gone = False
+    except PeerGone:
+        pidfd, gone = None, True
+    found["kernel_has_pidfd"] = pidfd is not None or gone
+    if gone:
+        found["pidfd"] = {"cgroup": None, "pidfd": True}  # what the broker then reports
+    else:
+        identity = identify(pid, 0, 0, pidfd, asked)
+        found["pidfd"] = {"cgroup": identity.cgroup, "pidfd": identity.pidfd}
+    if pidfd is not None:
+        os.close(pidfd)
+    identity = identify(pid, 0, 0, None, asked)
+    found["start-time"] = {"cgroup": identity.cgroup, "pidfd": identity.pidfd}
     return found
 
 
 def main(cgroup_a: str, cgroup_b: str) -> dict[str, object]:
     assert os.getpid() == 1, "run me as PID 1 of a new pid namespace"
-    proc_fd = peer_identity.open_proc()
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "sock")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -84,7 +91,7 @@ def main(cgroup_a: str, cgroup_b: str) -> dict[str, object]:
         for attempt in range(20):
             a_pid = spawn(cgroup_a, "connect", path)
             conn, _ = listener.accept()
-            accepted = peer_identity.boot_ticks()
+            accepted = boot_ticks()
             peer_pid = UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                     UCRED.size))[0]
             os.waitpid(a_pid, 0)
@@ -98,8 +105,8 @@ def main(cgroup_a: str, cgroup_b: str) -> dict[str, object]:
                 continue
             result = {"attempts": attempt + 1, "peer_pid": peer_pid, "a_pid": a_pid,
                       "b_pid": b_pid,
-                      "b_cgroup": (peer_identity.read_proc(proc_fd, b_pid, "cgroup") or ""),
-                      "reused": both_ways(conn, peer_pid, proc_fd, accepted)}
+                      "b_cgroup": read_proc(f"{b_pid}/cgroup") or "",
+                      "reused": both_ways(conn, peer_pid, accepted)}
             os.kill(b_pid, 9)
             os.waitpid(b_pid, 0)
             conn.close()
@@ -115,8 +122,7 @@ def main(cgroup_a: str, cgroup_b: str) -> dict[str, object]:
             os._exit(0)
         os.read(c_ready_r, 1)
         conn, _ = listener.accept()
-        accepted = peer_identity.boot_ticks()
-        result["live"] = both_ways(conn, c_pid, proc_fd, accepted)
+        result["live"] = both_ways(conn, c_pid, boot_ticks())
         os.kill(c_pid, 9)
         os.waitpid(c_pid, 0)
         return result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prguard.broker.cgroup_names import cgroup_path, domain_of, machine_name, unescape, unit_of
+from prguard.shared.cgroup_names import cgroup_path, domain_of, machine_name, unescape, unit_of
 
 LIBVIRT = "/machine.slice/machine-qemu\\x2d1\\x2dweb02.scope/libvirt/emulator"
 
