@@ -143,7 +143,8 @@ def _alive(pid: int) -> bool:
 def start(directory: Path, args: Sequence[str] = ("-u", "nobody", "-g", "nogroup"), *,
           journal: bool = False, watchdog_usec: int | None = None,
           env: dict[str, str] | None = None, ready: bool = True,
-          preexec: Callable[[], None] | None = None) -> Service:
+          preexec: Callable[[], None] | None = None, ready_timeout: float = 20.0
+          ) -> Service:
     """Start prguard in `directory` (short: socket paths) and wait for READY=1.
     `preexec` runs in the child before prguard (resource limits, a cgroup)."""
     tag = os.urandom(4).hex()
@@ -189,7 +190,7 @@ def start(directory: Path, args: Sequence[str] = ("-u", "nobody", "-g", "nogroup
         service._reader.start()
     if ready:
         try:
-            message = service.wait_notification("READY=1")
+            message = service.wait_notification("READY=1", ready_timeout)
         except BaseException:
             service.close()
             raise
