@@ -42,7 +42,6 @@ def _time(fn: Callable[[], object], number: int) -> float:
 
 def measure(device: str, number: int = 5000) -> dict[str, dict[str, float]]:
     """{process: {piece: µs per request}} for the broker and the worker."""
-    sysfs = fdcheck.open_sysfs_block()
     fd = os.open(device, os.O_RDWR)
     try:
         conn = ServerConnection()
@@ -52,13 +51,12 @@ def measure(device: str, number: int = 5000) -> dict[str, dict[str, float]]:
         # only its settle() runs here, which needs no worker
         stats = Stats()
         started = time.monotonic()
-        requests = Requests(None, sysfs, Tracer(frozenset(), None),  # type: ignore[arg-type]
+        requests = Requests(None, Tracer(frozenset(), None),  # type: ignore[arg-type]
                             stats, time.monotonic)
-        whole = fdcheck.WholeDisks()
         result = SgIoResult(1, PrReply(Status.CHECK_CONDITION, Sense.INVALID_FIELD.fixed_format()))
         result_wire = result.encode()
         request_wire = SgIoRequest(1, CDB, b"").encode()
-        facts = fdcheck.inspect_fd(fd, sysfs)
+        facts = fdcheck.inspect_fd(fd, with_sysfs=True)
         outcome = sgio.issue(fd, CDB, b"", 30000)
         job = handler.screen(request_wire, fd, facts)
         assert isinstance(job, handler.Job)
@@ -91,7 +89,7 @@ def measure(device: str, number: int = 5000) -> dict[str, dict[str, float]]:
         parse = _time(parse_only, number)
         broker = {
             "parse": parse,
-            "check": _time(lambda: check_request(CDB, fdcheck.inspect_fd(fd, sysfs, whole)),
+            "check": _time(lambda: check_request(CDB, fdcheck.inspect_fd(fd, with_sysfs=False)),
                            number),
             "encode": _time(lambda: SgIoRequest(1, CDB, b"").encode(), number),
             "decode": _time(lambda: decode(result_wire), number),
@@ -100,7 +98,8 @@ def measure(device: str, number: int = 5000) -> dict[str, dict[str, float]]:
         worker = {
             "parse": _time(lambda: decode(request_wire), number),
             "check": _time(lambda: handler.screen(request_wire, fd,
-                                                  fdcheck.inspect_fd(fd, sysfs)), number)
+                                                  fdcheck.inspect_fd(fd, with_sysfs=True)),
+                           number)
             - _time(lambda: decode(request_wire), number),
             "ioctl": _time(lambda: sgio.issue(fd, CDB, b"", 30000), number),
             "reply": _time(lambda: map_outcome(outcome, 8192, pr_in=True), number),
@@ -109,4 +108,3 @@ def measure(device: str, number: int = 5000) -> dict[str, dict[str, float]]:
         return {"broker": broker, "worker": worker}
     finally:
         os.close(fd)
-        os.close(sysfs)

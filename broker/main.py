@@ -1,9 +1,11 @@
 """The broker process: drop every privilege, lock down, serve until stopped.
 
 Order: wait for the worker to be up (if it cannot drop privileges it says so, once),
-drop to the -u/-g ids with no capability, start the event loop, listening socket,
-channel and notify socket, warm up, pin the fds the filter names (shared/fdpin.py), load
-the seccomp filter, tell systemd READY=1, then serve. Returns the exit status: 0 after an
+drop to the -u/-g ids with no capability, start the janitor (which alone keeps the socket
+file's directory, to remove the file at the end: broker/janitor.py), apply a Landlock
+ruleset that grants no file by path (but the metrics file's swap, when configured), start
+the event loop, warm up, pin the fds the filter names (shared/fdpin.py), load the seccomp
+filter, tell systemd READY=1, then serve. Returns the exit status: 0 after an
 orderly stop (SIGTERM, SIGINT, SIGHUP), 1 if the worker failed to start or was lost.
 
 Once confined, nothing that existed at lock-down is closed (not the listener, the
@@ -25,6 +27,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from typing import TextIO
 
+from prguard.broker.janitor import Janitor, JanitorError
 from prguard.broker.limits import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PER_PEER,
@@ -41,7 +44,7 @@ from prguard.broker.stats import Stats
 from prguard.broker.trace import Tracer
 from prguard.broker.watchdog import Watchdog, tick_period, watchdog_interval
 from prguard.broker.worker_client import WorkerClient, await_ready
-from prguard.shared import fdcheck, fdpin, privileges, sandbox
+from prguard.shared import fdpin, landlock, privileges, sandbox
 from prguard.shared.privileges import Identity
 from prguard.shared.seccomp_policy import Rule, SeccompPolicy
 from prguard.shared.socket_file import SocketFile
@@ -87,25 +90,39 @@ def run(listener: socket.socket, channel: socket.socket, config: BrokerConfig) -
     notifier = Notifier.from_environ()  # connect while the socket is still reachable
     watchdog_sec = watchdog_interval(os.environ, os.getpid())
     stats = Stats()
+    janitor: Janitor | None = None
     try:
-        sysfs_block = fdcheck.open_sysfs_block()
         seccomp_policy = sandbox.load_seccomp_policy("broker")
+        janitor_policy = sandbox.load_seccomp_policy("janitor")
         probe = (sandbox.find_forbidden(seccomp_policy, config.seccomp_probe)
                  if config.seccomp_probe else None)
         publisher = _metrics(config, stats)
         privileges.drop(config.identity, ())
-    except (OSError, privileges.PrivilegeError, sandbox.SandboxError,
-            MetricsFileError) as exc:
+        if config.socket_file is not None:  # after the drop: the janitor is us, unprivileged
+            janitor = Janitor.start(config.socket_file, janitor_policy)
+        # From here on the broker reaches no file by path (but the metrics file's swap).
+        landlock.restrict(landlock_rules(publisher.fds()[0] if publisher else None))
+    except (OSError, privileges.PrivilegeError, sandbox.SandboxError, MetricsFileError,
+            JanitorError, landlock.LandlockError) as exc:
         log.error("%s", exc)
         channel.close()
-        _remove_socket_file(config)
+        _remove_socket_file(config, janitor)
         _reap(config.worker_pid)
         return 1
     tracer = Tracer(config.trace_events, config.trace_sink)
     loop = Loop()  # never closed: its fds are pinned
-    fdpin.hold(loop, listener, channel, notifier, config.trace_sink)
-    return _serve(loop, listener, channel, config, tracer, sysfs_block, seccomp_policy, probe,
-                  notifier, stats, publisher, watchdog_sec)
+    fdpin.hold(loop, listener, channel, notifier, config.trace_sink, janitor)
+    return _serve(loop, listener, channel, config, tracer, seccomp_policy, probe, notifier,
+                  stats, publisher, watchdog_sec, janitor)
+
+
+def landlock_rules(metrics_dir_fd: int | None = None) -> list[landlock.Beneath]:
+    """The broker reaches no file by path. With --metrics-file it swaps the file and its
+    spare in their directory (renameat2 RENAME_EXCHANGE, which Landlock counts as
+    removing and making a regular file there): nothing beneath any other directory."""
+    if metrics_dir_fd is None:
+        return []
+    return [landlock.Beneath(landlock.MAKE_REG | landlock.REMOVE_FILE, fd=metrics_dir_fd)]
 
 
 def load_metrics() -> None:
@@ -129,17 +146,15 @@ def _metrics(config: BrokerConfig, stats: Stats) -> Publisher | None:
     return metrics.Publisher(file, metrics.StatsCollector(stats, config.version))
 
 
-def _variables(config: BrokerConfig, tracer: Tracer, sysfs_block: int,
-               channel: socket.socket, loop: Loop, publisher: Publisher | None
-               ) -> sandbox.Variables:
+def _variables(config: BrokerConfig, tracer: Tracer, channel: socket.socket, loop: Loop,
+               publisher: Publisher | None, janitor: Janitor | None) -> sandbox.Variables:
     """The fds (and pid) the policy names; every fd here is pinned before lock-down."""
     metrics_fds: tuple[int | None, ...] = (None, None, None)
     if publisher is not None:
         metrics_fds = publisher.fds()
     return {
         "CHANNEL_FD": channel.fileno(),
-        "SYSFS_BLOCK_FD": sysfs_block,
-        "SOCKET_DIR_FD": config.socket_file.dir_fd if config.socket_file else None,
+        "JANITOR_FD": janitor.sock.fileno() if janitor else None,
         "WORKER_PID": config.worker_pid,
         "TRACE_FD": tracer.fileno(),
         "WAKEUP_FD": loop.wakeup_fd(),
@@ -158,13 +173,13 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def _serve(loop: Loop, listener: socket.socket, channel: socket.socket, config: BrokerConfig,
-           tracer: Tracer, sysfs_block: int, seccomp_policy: SeccompPolicy,
-           probe: Rule | None, notifier: Notifier, stats: Stats,
-           publisher: Publisher | None, watchdog_sec: float | None) -> int:
+           tracer: Tracer, seccomp_policy: SeccompPolicy, probe: Rule | None,
+           notifier: Notifier, stats: Stats, publisher: Publisher | None,
+           watchdog_sec: float | None, janitor: Janitor | None) -> int:
     limits = fit_to_fd_limit(config.limits)
     worker = WorkerClient(channel, loop, limits.worker_deadline)
     worker.start()
-    server = Server(loop, worker, sysfs_block, tracer, limits, stats)
+    server = Server(loop, worker, tracer, limits, stats)
     server.listen(listener)
     last_error = LastErrorHandler()
     logging.getLogger("prguard").addHandler(last_error)
@@ -188,15 +203,15 @@ def _serve(loop: Loop, listener: socket.socket, channel: socket.socket, config: 
     loop.catch_signals(STOP_SIGNALS, on_signal)
     worker.on_lost = lambda reason: loop.stop()
     try:
-        warm_up(sysfs_block)
+        warm_up()
         reporter.warm_up()
-        variables = _pin(_variables(config, tracer, sysfs_block, channel, loop, publisher))
+        variables = _pin(_variables(config, tracer, channel, loop, publisher, janitor))
         sandbox.lock_down(seccomp_policy, variables)
     except (OSError, sandbox.SandboxError, MetricsFileError) as exc:
         log.error("%s", exc)
         notifier.close()
         server.stop_accepting()
-        _remove_socket_file(config)
+        _remove_socket_file(config, janitor)
         worker.close()
         _reap(config.worker_pid)
         return 1
@@ -214,7 +229,8 @@ def _serve(loop: Loop, listener: socket.socket, channel: socket.socket, config: 
     ticks = loop.deadlines(period, on_tick)
     ticks.add("report", loop.time() - period)  # the first report right after READY=1
     try:
-        code = _until_stopped(config, tracer, notifier, loop, server, worker, stop_signal)
+        code = _until_stopped(config, tracer, notifier, loop, server, worker, stop_signal,
+                              janitor)
         if worker.lost is not None:
             stats.worker_deaths += 1
         reporter.final()
@@ -226,7 +242,8 @@ def _serve(loop: Loop, listener: socket.socket, channel: socket.socket, config: 
 
 
 def _until_stopped(config: BrokerConfig, tracer: Tracer, notifier: Notifier, loop: Loop,
-                   server: Server, worker: WorkerClient, stop_signal: list[int]) -> int:
+                   server: Server, worker: WorkerClient, stop_signal: list[int],
+                   janitor: Janitor | None) -> int:
     """Serve until a stop signal or the loss of the worker; then finish what is in
     flight. 0 after an orderly stop, 1 if the worker was lost or did not end cleanly."""
     notifier.send(f"READY=1\nSTATUS=serving, worker pid {config.worker_pid}\n"
@@ -236,7 +253,7 @@ def _until_stopped(config: BrokerConfig, tracer: Tracer, notifier: Notifier, loo
     if worker.lost is None:
         log.info("signal %d: finishing requests in flight, then exiting", stop_signal[0])
     server.stop_accepting()
-    _remove_socket_file(config)
+    _remove_socket_file(config, janitor)
     loop.run(until=lambda: server.in_flight == 0)  # the worker deadline bounds this
     server.close_all()
     if worker.lost is not None:  # before the stop, or while finishing
@@ -252,7 +269,7 @@ def _until_stopped(config: BrokerConfig, tracer: Tracer, notifier: Notifier, loo
     return 0
 
 
-#: fds the broker keeps for itself (stdio, listener, channel, epoll, sysfs, notify, trace).
+#: fds the broker keeps for itself (stdio, listener, channel, epoll, janitor, notify, trace).
 RESERVED_FDS = 32
 
 
@@ -272,8 +289,11 @@ def fit_to_fd_limit(limits: Limits) -> Limits:
                    max_per_peer=min(limits.max_per_peer, budget))
 
 
-def _remove_socket_file(config: BrokerConfig) -> None:
-    if config.socket_file is not None:
+def _remove_socket_file(config: BrokerConfig, janitor: Janitor | None = None) -> None:
+    """Once the janitor runs it alone can (and the broker has no fd of the directory)."""
+    if janitor is not None:
+        janitor.finish()
+    elif config.socket_file is not None:
         config.socket_file.remove()
 
 

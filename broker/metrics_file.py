@@ -21,6 +21,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from prguard.shared import fdcheck
 from prguard.shared.privileges import Identity
 
 RENAME_EXCHANGE = 1 << 1
@@ -82,8 +83,9 @@ class MetricsFile:
     def publish(self, text: bytes) -> None:
         """Make `text` the file's content in one step. Raises MetricsFileError."""
         try:
-            if not os.fstat(self.spare_fd).st_nlink or not os.fstat(
-                    self.published_fd).st_nlink:
+            # fstat(2) itself: os.fstat is newfstatat, which the broker may not call
+            if not fdcheck.fstat(self.spare_fd).nlink or not fdcheck.fstat(
+                    self.published_fd).nlink:
                 raise MetricsFileError(f"cannot replace {self.path}: it or its spare "
                                        f"{spare_name(self.name)} was removed", lasting=True)
             os.pwrite(self.spare_fd, text, 0)

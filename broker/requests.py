@@ -47,15 +47,12 @@ class Requests:
     """Every request of every connection goes through `answer`, and every reply
     through `settle`."""
 
-    def __init__(self, worker: WorkerClient, sysfs_block_fd: int, tracer: Tracer,
-                 stats: Stats, clock: Callable[[], float]) -> None:
+    def __init__(self, worker: WorkerClient, tracer: Tracer, stats: Stats,
+                 clock: Callable[[], float]) -> None:
         self._worker = worker
-        self._sysfs_block_fd = sysfs_block_fd
         self._tracer = tracer
         self._stats = stats
         self._clock = clock
-        #: the broker's answer is not the last word (the worker checks again, fresh)
-        self._whole_disks = fdcheck.WholeDisks()
 
     def answer(self, conn: ServerConnection, request: PrRequest, peer: Peer,
                on_reply: OnReply) -> None:
@@ -68,7 +65,9 @@ class Requests:
             tracer.emit("prguard_request", pid=peer.pid, opcode=hex(request.cdb[0]),
                         sa=hex(service_action(request.cdb)), length=request.transfer_length)
         try:
-            facts = fdcheck.inspect_fd(request.fd, self._sysfs_block_fd, self._whole_disks)
+            # What fstat and fcntl tell; what sysfs tells (a partition?) the worker
+            # decides: the broker reads no file.
+            facts = fdcheck.inspect_fd(request.fd, with_sysfs=False)
         except OSError:
             facts = FdFacts(FdKind.OTHER, read_only=True)
         verdict = check_request(request.cdb, facts)
@@ -103,10 +102,15 @@ class Requests:
             log.error("%s: %s: no answer from the worker within %g s; outcome unknown", peer,
                       cdb_text(request.cdb), answer.seconds)
             return UNKNOWN_OUTCOME, True, Outcome.WORKER_TIMEOUT
-        if isinstance(answer, Refused):
-            log.warning("%s: %s refused by the worker: %s", peer,
-                        cdb_text(request.cdb), answer.reason)
-            return PrReply(answer.status, answer.sense), True, Outcome.REFUSED_VALIDATION
+        if isinstance(answer, Refused):  # a partition, or checks the broker cannot make
+            reply = PrReply(answer.status, answer.sense)
+            if self._tracer.on("prguard_refused"):
+                self._tracer.emit("prguard_refused", pid=peer.pid, reason=repr(answer.reason),
+                                  status=hex(reply.status), sense=sense_text(reply))
+            if log.isEnabledFor(logging.INFO):
+                log.info("%s: %s -> %s (%s; the worker's answer)", peer,
+                         cdb_text(request.cdb), sense_text(reply), answer.reason)
+            return reply, True, Outcome.REFUSED_VALIDATION
         return answer.reply, False, None
 
     def settle(self, conn: ServerConnection, request: PrRequest, peer: Peer,

@@ -41,10 +41,10 @@ def peer_of(sock: socket.socket) -> Peer:
     return Peer(pid, uid, gid)
 
 
-def warm_up(sysfs_block_fd: int) -> None:
+def warm_up() -> None:
     """Run the request path once without a client: nothing may be imported or touched for
     the first time once the seccomp filter is loaded (results are not needed)."""
-    facts = fdcheck.inspect_fd(2, sysfs_block_fd)
+    facts = fdcheck.inspect_fd(2, with_sysfs=False)
     conn = ServerConnection()
     conn.initiate()
     conn.receive_data(bytes(4))
@@ -71,12 +71,12 @@ def warm_up(sysfs_block_fd: int) -> None:
 class Server:
     """Serves QEMU clients on the loop until told to stop."""
 
-    def __init__(self, loop: Loop, worker: WorkerClient, sysfs_block_fd: int, tracer: Tracer,
-                 limits: Limits, stats: Stats) -> None:
+    def __init__(self, loop: Loop, worker: WorkerClient, tracer: Tracer, limits: Limits,
+                 stats: Stats) -> None:
         self.loop = loop
         self.tracer = tracer
         self.stats = stats
-        self.requests = Requests(worker, sysfs_block_fd, tracer, stats, loop.time)
+        self.requests = Requests(worker, tracer, stats, loop.time)
         self.message_deadlines = loop.deadlines(limits.message_deadline, self._message_overdue)
         self.reply_deadlines = loop.deadlines(limits.reply_deadline, self._reply_overdue)
         self._backoff = loop.deadlines(ACCEPT_BACKOFF, self._backoff_over)

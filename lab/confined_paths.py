@@ -4,10 +4,10 @@ filter: `python -m lab.confined_paths ROLE PATH` (as root).
 The process is prepared as the broker or the worker prepares itself (the same modules
 imported, the same warm-up, the logging of the launcher, an event loop and its signal
 wake-up fd for the broker, threads started before the filter for the worker), then
-locked down with sandbox.lock_down and the role's policy file (its fds pinned first, as
-shared/fdpin.py describes), then runs PATH. Every path must end with one line per report
-on stderr and the exit status the test expects; a path that reaches for a file or any
-other call outside the policy dies of SIGSYS.
+confined as the process confines itself (Landlock, its fds pinned as shared/fdpin.py
+describes, sandbox.lock_down with the role's policy file), then runs PATH. Every path
+must end with one line per report on stderr and the exit status the test expects; a path
+that reaches for a file or any other call outside the policy dies of SIGSYS.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ import warnings
 from collections.abc import Callable
 
 from prguard import logs
+from prguard.broker import main as broker_main
 from prguard.broker import metrics
 from prguard.broker.loop import EPOLLIN, Loop
 from prguard.broker.metrics_file import MetricsFile
 from prguard.broker.server import warm_up as broker_warm_up
 from prguard.broker.stats import Outcome, Stats
-from prguard.shared import fdcheck, fdpin, sandbox
+from prguard.shared import fdpin, landlock, sandbox
 from prguard.worker import main as worker_main
 
 log = logging.getLogger("prguard.test")
@@ -84,15 +85,15 @@ def run_paths(*paths: Callable[[], None]) -> Callable[[], None]:
 
 def main(role: str, path: str) -> None:
     logs.setup("prguard", 1)
-    sysfs_block = fdcheck.open_sysfs_block()
-    variables: sandbox.Variables = {"SYSFS_BLOCK_FD": sysfs_block}
+    policy = sandbox.load_seccomp_policy(role)  # read before Landlock, as the processes do
+    variables: sandbox.Variables = {}
     release = threading.Event()
     paths: dict[str, Callable[[], None]] = {
         "traceback-logged": traceback_logged, "uncaught": uncaught, "interrupt": interrupt,
         "unraisable": unraisable, "warning": warning, "bad-log-call": bad_log_call,
     }
     if role == "broker":
-        broker_warm_up(sysfs_block)
+        broker_warm_up()
         loop = Loop()
         loop.catch_signals((signal.SIGTERM,), lambda signum: None)
         wakeup_fd = loop.wakeup_fd()
@@ -117,8 +118,9 @@ def main(role: str, path: str) -> None:
                     file.publish(metrics.render(registry) + f"# {n}\n".encode())
 
             paths["metrics"] = publish
+        landlock.restrict(broker_main.landlock_rules(variables.get("METRICS_DIR_FD")))
         variables["FD_BOUNDARY"] = fdpin.seal(
-            [2, sysfs_block, wakeup_fd, *(s.fileno() for s in ready),
+            [2, wakeup_fd, *(s.fileno() for s in ready),
              *(v for k, v in variables.items() if k.startswith("METRICS") and v is not None)])
         # Above the boundary, as a client's socket is: only those may be closed once
         # confined (what existed at lock-down is pinned, and held until the end).
@@ -142,8 +144,9 @@ def main(role: str, path: str) -> None:
         paths["event-loop"] = event_loop
         paths["leaked-socket"] = leaked_socket
     else:
-        worker_main._warm_up(sysfs_block, 1000)
-        variables["FD_BOUNDARY"] = fdpin.seal([2, sysfs_block])
+        landlock.restrict(worker_main.LANDLOCK_RULES)
+        worker_main._warm_up(1000)
+        variables["FD_BOUNDARY"] = fdpin.seal([2])
 
         def raise_later() -> None:
             release.wait()
@@ -162,7 +165,7 @@ def main(role: str, path: str) -> None:
         *(("leaked-socket",) if role == "broker" else ()))])
     run = paths[path]
     atexit.register(os.open, "/etc/hostname", os.O_RDONLY)  # must never run
-    sandbox.lock_down(sandbox.load_seccomp_policy(role), variables)
+    sandbox.lock_down(policy, variables)
     run()
     os._exit(0)  # as prguard.main.entry ends every process
 

@@ -47,6 +47,17 @@ NR = {"read": 0, "write": 1, "close": 3, "fstat": 5, "mmap": 9, "mprotect": 10,
       "ioctl": 16, "accept4": 288, "recvfrom": 45, "epoll_ctl": 233}
 
 
+def number(name: str) -> int:
+    """A system call's number on this machine (libseccomp's table for the rare ones)."""
+    if name in NR:
+        return NR[name]
+    import pyseccomp
+    resolved: int = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+    if resolved < 0:
+        raise ValueError(f"unknown system call {name}")
+    return resolved
+
+
 class UserRegs(ctypes.Structure):
     _fields_ = [(name, ctypes.c_ulonglong) for name in (
         "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
@@ -142,7 +153,7 @@ class Injector:
         if self.dead is not None:
             raise self.dead
         regs = UserRegs.from_buffer_copy(self._saved)
-        regs.rax = NR[name] if isinstance(name, str) else name
+        regs.rax = number(name) if isinstance(name, str) else name
         regs.orig_rax = (1 << 64) - 1  # not in a system call: no restart logic on resume
         regs.rip = self._syscall_at
         for register, value in zip(ARG_REGISTERS, args, strict=False):

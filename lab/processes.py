@@ -170,3 +170,26 @@ def fd_count(pid: int) -> int:
 def proc_status(pid: int) -> dict[str, str]:
     with open(f"/proc/{pid}/status") as f:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def janitor_of(socket_path: str, timeout: float = 10.0) -> int:
+    """The pid of the janitor that will remove `socket_path` (broker/janitor.py): nobody's
+    child, named prguard-janitor, holding the socket's directory open."""
+    directory = os.path.dirname(socket_path)
+    deadline = time.monotonic() + timeout
+    while True:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() != "prguard-janitor":
+                        continue
+                if any(os.readlink(f"/proc/{entry}/fd/{fd}") == directory
+                       for fd in os.listdir(f"/proc/{entry}/fd")):
+                    return int(entry)
+            except OSError:
+                continue
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no janitor for {socket_path}")
+        time.sleep(0.02)

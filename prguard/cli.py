@@ -141,7 +141,7 @@ OPTION_GROUPS = (
                    "order they are tried, with the line each starts on; exit status 0. A "
                    "file that cannot be used is one line naming its line and the problem, "
                    "and exit status 1."),
-        Option("print-seccomp", arg="broker|worker",
+        Option("print-seccomp", arg="broker|worker|janitor",
                help=("print that process's compiled seccomp filter and exit",),
                man="libseccomp's PFC text of the filter, with stand-ins for the values each "
                    "process fills in at start-up."),
@@ -284,8 +284,8 @@ def _apply(opts: Options, key: str, value: str | None, warn: Callable[[str], Non
         assert value is not None
         opts.sg_threads = int(_positive(key, value, int))
     elif key == "print-seccomp":
-        if value not in ("broker", "worker"):
-            raise UsageError(f"--print-seccomp takes broker or worker, not '{value}'")
+        if value not in ("broker", "worker", "janitor"):
+            raise UsageError(f"--print-seccomp takes broker, worker or janitor, not '{value}'")
         opts.print_seccomp = value
     elif key == "check-policy":
         opts.check_policy = value

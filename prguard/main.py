@@ -17,7 +17,7 @@ from typing import TextIO
 
 from prguard import __version__, cli, daemon, listen, logs, trace_option
 from prguard.broker import main as broker_main
-from prguard.shared import fdpin, policy_file, sandbox
+from prguard.shared import fdpin, landlock, policy_file, sandbox
 from prguard.shared.policy import PolicyError
 from prguard.shared.privileges import Identity
 from prguard.worker import main as worker_main
@@ -59,9 +59,9 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 PROBE_VARIABLE = "PRGUARD_SECCOMP_PROBE"
 #: Stand-ins for the values each process fills in at start-up, in --print-seccomp output.
 PRINT_VARIABLES: dict[str, int | None] = {
-    "SYSFS_BLOCK_FD": 1000, "SOCKET_DIR_FD": 1001, "TRACE_FD": 1002, "WAKEUP_FD": 1003,
-    "CHANNEL_FD": 1004, "METRICS_DIR_FD": 1005, "METRICS_A_FD": 1006, "METRICS_B_FD": 1007,
-    "FD_BOUNDARY": 1024, "WORKER_PID": 99999,
+    "TRACE_FD": 1002, "WAKEUP_FD": 1003, "CHANNEL_FD": 1004, "METRICS_DIR_FD": 1005,
+    "METRICS_A_FD": 1006, "METRICS_B_FD": 1007, "JANITOR_FD": 1008, "CONN_FD": 1009,
+    "DIR_FD": 1010, "FD_BOUNDARY": 1024, "WORKER_PID": 99999,
 }
 
 
@@ -128,6 +128,15 @@ def main(argv: list[str] | None = None) -> int:
             if listener.socket_file is not None:  # unlike the C helper, leave nothing
                 listener.socket_file.remove()
             return 1
+    try:
+        # Both processes confine file access with Landlock as well as seccomp, and never
+        # serve without it: say so once, here, rather than from each process.
+        landlock.require()
+    except landlock.LandlockError as exc:
+        logs.line(f"{name}: {exc}")
+        if listener.socket_file is not None:
+            listener.socket_file.remove()
+        return 1
     return _fork_pair(opts, listener, trace_sink, pidfile_fd)
 
 

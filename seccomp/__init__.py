@@ -1,4 +1,5 @@
-"""The seccomp policies, as data: `worker.policy` and `broker.policy` beside this file.
+"""The seccomp policies, as data: `worker.policy`, `broker.policy` and `janitor.policy`
+beside this file.
 
 Installed as the package `prguard.seccomp` so the policies travel with the code; read
 with `policy_text(role)` before a process locks itself down.
@@ -6,7 +7,7 @@ with `policy_text(role)` before a process locks itself down.
 
 from importlib import resources
 
-ROLES = ("broker", "worker")
+ROLES = ("broker", "worker", "janitor")
 
 
 def policy_text(role: str) -> str:

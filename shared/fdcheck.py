@@ -1,76 +1,78 @@
-"""Facts about a received fd, from fcntl(F_GETFL) and fstat, never from a path.
+"""Facts about a received fd: its kind and access mode from fcntl(F_GETFL) and fstat(2),
+never from a path; for a block device, what sysfs says of its device number (a
+partition? a device-mapper map?), in the processes allowed to read sysfs.
 
-The one piece of filesystem access is whether a block device is a partition, answered by
-`<major>:<minor>/partition` under /sys/dev/block, looked up relative to a directory fd the
-process opened before it locked itself down. That lookup costs more than the rest of the
-request's checks together; a caller whose answer is not the last word (the broker: the
-worker checks again, fresh, before any SG_IO) may pass a `WholeDisks` memo, which skips
-it for device numbers already seen to be whole disks. A memo can only be wrong towards
-forwarding (a device number that has since become a partition's), never towards
-refusing a whole disk.
+fstat is the fstat system call itself, through ctypes: glibc (2.33+) implements
+os.fstat as newfstatat(fd, "", AT_EMPTY_PATH), and a policy that allows newfstatat
+allows stat() of any path, which no Landlock rule can confine.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
+import platform
 import stat
+import struct
+from dataclasses import dataclass
 
+from prguard.shared import sysfs
 from prguard.shared.rules import FdFacts, FdKind, read_only
 
-SYS_DEV_BLOCK = "/sys/dev/block"
 #: Character major of the SCSI generic driver (Documentation/admin-guide/devices.txt).
 SCSI_GENERIC_MAJOR = 21
 
-
-def open_sysfs_block() -> int:
-    """A directory fd of /sys/dev/block for later partition checks."""
-    return os.open(SYS_DEV_BLOCK, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-
-
-def is_partition(rdev: int, sysfs_block_fd: int) -> bool:
-    name = f"{os.major(rdev)}:{os.minor(rdev)}/partition"
-    try:
-        os.stat(name, dir_fd=sysfs_block_fd)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-class WholeDisks:
-    """Device numbers seen to be whole disks (bounded: forgotten all at once when full)."""
-
-    LIMIT = 4096
-
-    def __init__(self) -> None:
-        self._seen: set[int] = set()
-
-    def __contains__(self, rdev: int) -> bool:
-        return rdev in self._seen
-
-    def add(self, rdev: int) -> None:
-        if len(self._seen) >= self.LIMIT:
-            self._seen.clear()
-        self._seen.add(rdev)
+# machine -> (fstat's number, sizeof(struct stat), its layout up to st_rdev, and where
+# st_mode, st_nlink and st_rdev are in it)
+_FSTAT_ABI = {
+    # unsigned long dev, ino, nlink; unsigned int mode, uid, gid; int pad; ulong rdev
+    "x86_64": (5, 144, struct.Struct("=QQQIIIiQ"), 3, 2, 7),
+    # asm-generic: ulong dev, ino; uint mode, nlink, uid, gid; ulong rdev
+    "aarch64": (80, 128, struct.Struct("=QQIIIIQ"), 2, 3, 6),
+}
+#: this machine's entry (looked up at import: uname is no call for a confined process)
+_ABI = _FSTAT_ABI.get(platform.machine())
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
 
 
-def inspect_fd(fd: int, sysfs_block_fd: int, whole_disks: WholeDisks | None = None) -> FdFacts:
-    """Classify `fd`. OSError from fcntl/fstat propagates (a bad fd is the caller's bug)."""
+@dataclass(frozen=True)
+class FileStatus:
+    mode: int
+    rdev: int
+    dev: int
+    ino: int
+    nlink: int
+
+
+def fstat(fd: int) -> FileStatus:
+    """fstat(2) of an open fd. Raises OSError as os.fstat does."""
+    if _ABI is None:
+        raise OSError(0, f"fstat layout unknown on {platform.machine()}")
+    number, size, layout, mode_at, nlink_at, rdev_at = _ABI
+    buf = ctypes.create_string_buffer(size)
+    if _libc.syscall(ctypes.c_long(number), ctypes.c_int(fd), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    fields = layout.unpack_from(buf.raw)
+    return FileStatus(fields[mode_at], fields[rdev_at], fields[0], fields[1],
+                      fields[nlink_at])
+
+
+def inspect_fd(fd: int, with_sysfs: bool) -> FdFacts:
+    """Classify `fd`. With `with_sysfs`, a block device is looked up in sysfs (the worker,
+    which Landlock lets read beneath /sys/devices); without, every block device is taken
+    for a whole disk as far as fstat can tell (the broker, which reads no file: the
+    worker decides). OSError from fcntl/fstat propagates (a bad fd is the caller's bug)."""
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    st = os.fstat(fd)
+    st = fstat(fd)
     if flags & os.O_PATH:
         kind = FdKind.OTHER
-    elif stat.S_ISBLK(st.st_mode):
-        if whole_disks is not None and st.st_rdev in whole_disks:
-            kind = FdKind.BLOCK_DISK
-        elif is_partition(st.st_rdev, sysfs_block_fd):
-            kind = FdKind.PARTITION
-        else:
-            kind = FdKind.BLOCK_DISK
-            if whole_disks is not None:
-                whole_disks.add(st.st_rdev)
-    elif stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == SCSI_GENERIC_MAJOR:
+    elif stat.S_ISBLK(st.mode):
+        kind = sysfs.block_kind(st.rdev) if with_sysfs else FdKind.BLOCK_DISK
+    elif stat.S_ISCHR(st.mode) and os.major(st.rdev) == SCSI_GENERIC_MAJOR:
         kind = FdKind.SCSI_GENERIC
     else:
         kind = FdKind.OTHER
-    return FdFacts(kind, read_only(flags), st.st_rdev)
+    return FdFacts(kind, read_only(flags), st.rdev)

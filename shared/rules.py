@@ -41,6 +41,8 @@ class FdKind(enum.Enum):
     BLOCK_DISK = "block device"  #: a whole-disk block device (sd, dm, loop, ...)
     SCSI_GENERIC = "sg device"  #: /dev/sgN, character major 21
     PARTITION = "partition"
+    #: a block device sysfs does not describe (not there, or unreadable): refused
+    UNKNOWN_BLOCK = "block device sysfs does not describe"
     OTHER = "not a SCSI device"
 
 

@@ -7,18 +7,23 @@ node at the path atomically, where the C helper unlinks and then binds. Binding 
 relative to the directory, so a path of exactly 108 bytes (a full sun_path without NUL,
 which the C helper accepts) works too.
 
-Removed through the directory's fd, so the confined broker needs no path lookup
-(unlinkat on that fd only), and only if it is still the file this instance created.
+Removed through the directory's fd, and only if the name still refers to the file this
+instance created: its inode is looked up in the directory's entries (getdents64 on that
+fd), not by stat() of a path. Once the broker is confined, the removal is done by its
+janitor (broker/janitor.py), the one process that keeps the directory's fd.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from prguard.shared import dirents, fdcheck
 
 log = logging.getLogger("prguard.broker")
 
@@ -30,15 +35,22 @@ class SocketFile:
     path: str
     dir_fd: int
     name: str
-    #: (st_dev, st_ino) of the socket as created: another instance may have replaced it
+    #: the directory's st_dev and the name's inode number in the directory's entries
+    #: (d_ino), as created: another instance may have replaced it. Both are read the way
+    #: remove() reads them: on overlayfs a file's st_dev and st_ino need not be its
+    #: directory's st_dev and its d_ino.
     identity: tuple[int, int]
 
     def remove(self) -> None:
         """Remove the socket file, unless another instance has since taken the path over
-        (the C helper removes whatever is there, cutting the newer instance off)."""
+        (the C helper removes whatever is there, cutting the newer instance off). A new
+        instance renaming its socket over the path between the check and the unlink would
+        still lose it: Linux has no "unlink if this inode"."""
         try:
-            st = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
-            if (st.st_dev, st.st_ino) != self.identity:
+            identity = _identity(self.dir_fd, self.name)
+            if identity is None:
+                return
+            if identity != self.identity:
                 log.info("%s now belongs to another instance: left in place", self.path)
                 return
             os.unlink(self.name, dir_fd=self.dir_fd)
@@ -46,6 +58,12 @@ class SocketFile:
             pass
         except OSError as exc:
             log.warning("Failed to unlink socket %s: %s", self.path, exc.strerror)
+
+
+def _identity(dir_fd: int, name: str) -> tuple[int, int] | None:
+    """(the directory's st_dev, the name's d_ino), or None if there is no such name."""
+    inode = dict(dirents.entries(dir_fd)).get(name)
+    return None if inode is None else (fdcheck.fstat(dir_fd).dev, inode)
 
 
 @contextlib.contextmanager
@@ -78,10 +96,12 @@ def create(path: str, backlog: int) -> tuple[socket.socket, SocketFile]:
             except OSError:
                 os.unlink(temporary, dir_fd=dirfd)
                 raise
-            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            identity = _identity(dirfd, name)
+            if identity is None:
+                raise FileNotFoundError(errno.ENOENT, "renamed away")
             kept_dir_fd = os.dup(dirfd)
     except OSError:
         sock.close()
         raise
     os.set_inheritable(kept_dir_fd, False)
-    return sock, SocketFile(path, kept_dir_fd, name, (st.st_dev, st.st_ino))
+    return sock, SocketFile(path, kept_dir_fd, name, identity)

@@ -7,9 +7,11 @@ allowed, so a death means the filter, not the injection."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +31,16 @@ from lab.inject import (
     sockaddr_un,
     unix_sockets,
 )
-from lab.processes import PRGUARD, REPO, children, wait_for_path, wait_for_service
+from lab.processes import (
+    PRGUARD,
+    REPO,
+    children,
+    janitor_of,
+    wait_for_path,
+    wait_for_service,
+)
 from prguard.client.session import pr_out_cdb, send_with_fds
+from prguard.shared import sandbox
 
 
 class Pair:
@@ -101,6 +111,16 @@ def pair(sockdir: Path) -> Iterator[Pair]:
     target = Pair(sockdir)
     yield target
     target.stop()
+
+
+def forbidden(role: str) -> list[str]:
+    """`syscall#N` for each forbid line of a role's policy."""
+    specs: list[str] = []
+    seen: dict[str, int] = {}
+    for rule in sandbox.load_seccomp_policy(role).forbidden:
+        specs.append(f"{rule.syscall}#{seen.get(rule.syscall, 0)}")
+        seen[rule.syscall] = seen.get(rule.syscall, 0) + 1
+    return specs
 
 
 def killed_by_sigsys(inj: Injector, *call: int | str) -> bool:
@@ -293,3 +313,138 @@ def test_no_memory_becomes_executable(pair: Pair, role: str) -> None:
         assert address > 0
         assert inj.call("mprotect", address, 4096, 0x1) == 0  # read-only: allowed
         assert killed_by_sigsys(inj, "mprotect", address, 4096, 0x5)  # READ|EXEC
+
+
+# -- files anywhere -----------------------------------------------------------------------
+
+AT_FDCWD = -100
+AT_EMPTY_PATH, AT_REMOVEDIR = 0x1000, 0x200
+O_WRONLY, O_RDWR, O_CREAT, O_PATH, O_DIRECTORY = 0x1, 0x2, 0x40, 0x200000, 0x10000
+
+
+@pytest.fixture
+def victim() -> Iterator[Path]:
+    """A root-owned 0600 file in another root-owned directory: what the broker, root
+    without capabilities in libvirt's managed mode, deleted through unlinkat."""
+    directory = Path(tempfile.mkdtemp(prefix="pgv", dir="/tmp"))
+    os.chmod(directory, 0o700)
+    path = directory / "secret"
+    path.write_text("do not touch\n")
+    os.chmod(path, 0o600)
+    yield path
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.parametrize("dirfd", ["cwd", "pinned"])
+def test_broker_cannot_unlink_a_file_anywhere(pair: Pair, victim: Path, dirfd: str) -> None:
+    """The issue's attack: unlinkat with an absolute path, whose dirfd the kernel ignores.
+    The broker holds no directory at all (the janitor holds the socket's)."""
+    held = fd_table(pair.pid).values()
+    assert os.path.dirname(pair.path) not in held and "/sys/dev/block" not in held
+    fd = AT_FDCWD if dirfd == "cwd" else pair.fd_of("listener")
+    with Injector(pair.pid) as inj:
+        assert inj.call("fstat", 2, inj.put(bytes(144))) == 0  # the fd-only fstat: allowed
+        assert killed_by_sigsys(inj, "unlinkat", fd, inj.string(str(victim)), 0)
+    assert victim.read_text() == "do not touch\n"
+
+
+@pytest.mark.parametrize("call", ["newfstatat", "newfstatat-empty", "statx", "openat",
+                                  "readlinkat", "getdents64"])
+def test_broker_reaches_no_file_by_path(pair: Pair, victim: Path, call: str) -> None:
+    """Not even metadata: stat of a path is what Landlock cannot confine, so the broker
+    has no such call at all (its fstat is fstat(2) itself)."""
+    with Injector(pair.pid) as inj:
+        path, buf = inj.string(str(victim)), inj.put(bytes(512))
+        args = {"newfstatat": ("newfstatat", AT_FDCWD, path, buf, AT_EMPTY_PATH),
+                "newfstatat-empty": ("newfstatat", 2, inj.string(""), buf, AT_EMPTY_PATH),
+                "statx": (332, AT_FDCWD, path, 0, 0xFFF, buf),
+                "openat": ("openat", AT_FDCWD, path, 0),
+                "readlinkat": (267, AT_FDCWD, inj.string("/proc/self/exe"), buf, 256),
+                "getdents64": ("getdents64", pair.fd_of("stderr"), buf, 512)}[call]
+        assert killed_by_sigsys(inj, *args)
+
+
+def test_worker_opens_sysfs_and_nothing_else(pair: Pair, loop_disk: str,
+                                             victim: Path) -> None:
+    """The worker reads sysfs (is a device a partition?): Landlock lets it open files
+    beneath /sys/devices, read-only, and nothing else, whatever the path. What remains is
+    an existence oracle: a missing path answers ENOENT, an existing one EACCES."""
+    rdev = os.stat(loop_disk).st_rdev
+    sysfs_size = f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}/size"
+    with Injector(pair.worker) as inj:
+        fd = inj.call("openat", AT_FDCWD, inj.string(sysfs_size), 0x80000)  # O_CLOEXEC
+        assert fd > 0
+        assert inj.call("close", fd) == 0
+        for path in (str(victim), "/etc/hostname", "/proc/self/environ", "/dev/null",
+                     "/sys/kernel/mm/transparent_hugepage/enabled"):
+            assert errno_name(inj.call("openat", AT_FDCWD, inj.string(path), 0)) == "EACCES"
+        assert errno_name(inj.call("openat", AT_FDCWD, inj.string(f"{victim}.not"), 0)) \
+            == "ENOENT"
+
+
+@pytest.mark.parametrize("call", [("openat", O_WRONLY), ("openat", O_RDWR),
+                                  ("openat", O_WRONLY | O_CREAT), ("openat", O_PATH),
+                                  ("openat", O_DIRECTORY), ("newfstatat", 0), ("unlinkat", 0),
+                                  ("unlinkat", AT_REMOVEDIR), ("statx", 0)])
+def test_worker_has_no_other_file_access(pair: Pair, victim: Path,
+                                         call: tuple[str, int]) -> None:
+    name, flags = call
+    with Injector(pair.worker) as inj:
+        path, buf = inj.string(str(victim)), inj.put(bytes(512))
+        args = {"openat": ("openat", AT_FDCWD, path, flags),
+                "newfstatat": ("newfstatat", AT_FDCWD, path, buf, 0),
+                "unlinkat": ("unlinkat", AT_FDCWD, path, flags),
+                "statx": (332, AT_FDCWD, path, 0, 0xFFF, buf)}[name]
+        assert killed_by_sigsys(inj, *args)
+    assert victim.read_text() == "do not touch\n"
+
+
+# -- the janitor ----------------------------------------------------------------------------
+
+def test_the_janitor_removes_nothing_outside_the_socket_directory(pair: Pair,
+                                                                  victim: Path) -> None:
+    """Its unlinkat takes the directory's fd, and an absolute path would ignore it: Landlock
+    refuses any name outside that directory."""
+    janitor = janitor_of(pair.path)
+    (dir_fd,) = [fd for fd, t in fd_table(janitor).items()
+                 if t == os.path.dirname(pair.path)]
+    with Injector(janitor) as inj:
+        assert errno_name(inj.call("unlinkat", dir_fd, inj.string(str(victim)), 0)) \
+            == "EACCES"
+        assert killed_by_sigsys(inj, "unlinkat", AT_FDCWD, inj.string(str(victim)), 0)
+    assert victim.read_text() == "do not touch\n"
+
+
+def test_what_a_compromised_janitor_can_remove(pair: Pair) -> None:
+    """What remains, as docs/SECURITY.md says: a file beside the socket (libvirt's
+    per-domain directory holds others); not a directory, and nothing by another path."""
+    sibling = Path(os.path.dirname(pair.path)) / "beside"
+    sibling.write_text("x")
+    (sibling.parent / "sub").mkdir()
+    janitor = janitor_of(pair.path)
+    (dir_fd,) = [fd for fd, t in fd_table(janitor).items() if t == str(sibling.parent)]
+    with Injector(janitor) as inj:
+        assert inj.call("unlinkat", dir_fd, inj.string("beside"), 0) == 0
+        assert killed_by_sigsys(inj, "unlinkat", dir_fd, inj.string("sub"), AT_REMOVEDIR)
+    assert not sibling.exists() and (sibling.parent / "sub").is_dir()
+
+
+@pytest.mark.parametrize("spec", forbidden("janitor"))
+def test_janitor_dies_on_each_forbidden_syscall(pair: Pair, spec: str) -> None:
+    rule = sandbox.find_forbidden(sandbox.load_seccomp_policy("janitor"), spec)
+    with Injector(janitor_of(pair.path)) as inj:
+        assert killed_by_sigsys(inj, rule.syscall, *sandbox.probe_arguments(rule))
+
+
+def test_the_janitor_outlives_stop_signals_and_a_killed_broker(pair: Pair) -> None:
+    janitor = janitor_of(pair.path)
+    os.kill(janitor, signal.SIGTERM)
+    os.kill(janitor, signal.SIGHUP)
+    time.sleep(0.2)
+    assert os.path.exists(f"/proc/{janitor}") and os.path.exists(pair.path)
+    pair.proc.kill()  # the broker dies: the janitor still removes the socket, then ends
+    pair.proc.wait()
+    deadline = time.monotonic() + 5
+    while os.path.exists(pair.path) or os.path.exists(f"/proc/{janitor}"):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)

@@ -1,38 +1,42 @@
-"""Facts about received fds, and the broker's memo of whole disks."""
+"""Facts about received fds: what fstat and fcntl tell (both processes), and what sysfs
+tells of a block device (the worker alone)."""
 
 from __future__ import annotations
 
 import os
 
+import pytest
+
 from prguard.shared import fdcheck
 from prguard.shared.rules import FdKind
 
 
-def test_the_memo_remembers_whole_disks_only(fd_zoo: dict[str, int]) -> None:
-    sysfs = fdcheck.open_sysfs_block()
-    try:
-        memo = fdcheck.WholeDisks()
-        disk = os.fstat(fd_zoo["loop"]).st_rdev
-        part = os.fstat(fd_zoo["part"]).st_rdev
-        assert fdcheck.inspect_fd(fd_zoo["loop"], sysfs, memo).kind is FdKind.BLOCK_DISK
-        assert fdcheck.inspect_fd(fd_zoo["part"], sysfs, memo).kind is FdKind.PARTITION
-        assert disk in memo and part not in memo  # a partition is checked every time
-        assert fdcheck.inspect_fd(fd_zoo["part"], sysfs, memo).kind is FdKind.PARTITION
-        # Without a memo (the worker) nothing is remembered: the answer is always fresh.
-        assert fdcheck.inspect_fd(fd_zoo["part"], sysfs).kind is FdKind.PARTITION
-        # A memo can only be wrong towards forwarding: a device number remembered as a
-        # whole disk counts as one (the worker, checking fresh, still refuses it).
-        memo.add(part)
-        assert fdcheck.inspect_fd(fd_zoo["part"], sysfs, memo).kind is FdKind.BLOCK_DISK
-        assert fdcheck.inspect_fd(fd_zoo["part"], sysfs).kind is FdKind.PARTITION
-    finally:
-        os.close(sysfs)
+@pytest.mark.parametrize(("name", "broker", "worker"), [
+    ("loop", FdKind.BLOCK_DISK, FdKind.BLOCK_DISK),
+    ("part", FdKind.BLOCK_DISK, FdKind.PARTITION),  # the broker cannot tell: the worker does
+    ("opath", FdKind.OTHER, FdKind.OTHER),
+    ("file", FdKind.OTHER, FdKind.OTHER),
+    ("devnull", FdKind.OTHER, FdKind.OTHER),
+    ("socket", FdKind.OTHER, FdKind.OTHER),
+    ("pipe_r", FdKind.OTHER, FdKind.OTHER),
+])
+def test_what_each_process_can_tell_of_an_fd(fd_zoo: dict[str, int], name: str,
+                                             broker: FdKind, worker: FdKind) -> None:
+    fd = fd_zoo[name]
+    assert fdcheck.inspect_fd(fd, with_sysfs=False).kind is broker
+    facts = fdcheck.inspect_fd(fd, with_sysfs=True)
+    assert facts.kind is worker
+    assert facts.rdev == os.fstat(fd).st_rdev
 
 
-def test_the_memo_is_bounded() -> None:
-    memo = fdcheck.WholeDisks()
-    for rdev in range(fdcheck.WholeDisks.LIMIT):
-        memo.add(rdev)
-    assert 0 in memo
-    memo.add(fdcheck.WholeDisks.LIMIT)
-    assert 0 not in memo and fdcheck.WholeDisks.LIMIT in memo
+def test_read_only_comes_from_the_access_mode(fd_zoo: dict[str, int]) -> None:
+    assert fdcheck.inspect_fd(fd_zoo["loop_ro"], with_sysfs=True).read_only
+    assert not fdcheck.inspect_fd(fd_zoo["loop"], with_sysfs=True).read_only
+    assert fdcheck.inspect_fd(fd_zoo["opath"], with_sysfs=False).read_only
+
+
+def test_a_closed_fd_is_an_error() -> None:
+    fd = os.open("/dev/null", os.O_RDONLY)
+    os.close(fd)
+    with pytest.raises(OSError):
+        fdcheck.inspect_fd(fd, with_sysfs=True)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.processes import C_HELPER, children, wait_for_service
+from lab.processes import C_HELPER, children, janitor_of, wait_for_service
 from prguard.client.session import Client, pr_in_cdb, pr_out_cdb
 from prguard.shared.errors import QemuProtocolError
 from prguard.shared.scsi import Sense, Status
@@ -273,11 +273,13 @@ def test_exact_argv_as_root_serves_at_default_verbosity(
 
 
 def test_stale_socket_is_replaced(domain: tuple[str, str], fd_zoo: dict[str, int]) -> None:
-    """6.2: "Removes a stale socket file first". A helper killed with SIGKILL leaves its
+    """6.2: "Removes a stale socket file first". A helper killed with SIGKILL together
+    with its janitor (which otherwise removes the socket of a killed broker) leaves its
     socket; the next start on the same path serves (libvirt unlinks it; prguard would
     also replace it on its own, tests/test_lifecycle.py)."""
     path, pidfile = domain
     first = libvirt_start(path, pidfile)
+    os.kill(janitor_of(path), signal.SIGKILL)
     os.kill(first.pid, signal.SIGKILL)
     assert gone(first.pid)
     assert stat.S_ISSOCK(os.lstat(path).st_mode)  # left behind

@@ -215,9 +215,9 @@ def test_threads_share_the_filter(audit: SeccompAudit) -> None:
     script = ("import threading,os,time,sys\n"
               "from prguard.shared import sandbox\n"
               "ev=threading.Event()\n"
-              "def run():\n    ev.wait(); os.open('/etc/hostname', os.O_RDONLY)\n"
+              "def run():\n    ev.wait(); os.open('/etc/hostname', os.O_WRONLY)\n"
               "t=threading.Thread(target=run); t.start()\n"
-              "sandbox.lock_down(sandbox.load_seccomp_policy('worker'), {'SYSFS_BLOCK_FD': None})\n"
+              "sandbox.lock_down(sandbox.load_seccomp_policy('worker'), {})\n"
               "ev.set(); t.join()\n")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
     assert proc.wait(20) == -signal.SIGSYS

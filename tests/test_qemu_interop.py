@@ -11,6 +11,7 @@ Needs: qemu-system-x86 (Debian package), which `make` installs.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from lab.nested_qmp import QMP, QMPError
-from lab.processes import PRGUARD, Helper, start_helper
+from lab.processes import PRGUARD, Helper, janitor_of, start_helper
 
 QEMU = "qemu-system-x86_64"
 START_TIMEOUT_S = 30.0
@@ -119,8 +120,10 @@ def test_qemu_refuses_to_start_when_nothing_listens(sockdir: Path) -> None:
 
 
 def test_qemu_refuses_to_start_on_a_stale_socket(sockdir: Path) -> None:
-    """A prguard killed with SIGKILL leaves its socket file: connect is refused."""
+    """A prguard killed with SIGKILL, its janitor too, leaves its socket file: connect is
+    refused."""
     helper = start_helper(PRGUARD, str(sockdir / "stale.sock"))
+    os.kill(janitor_of(helper.path), signal.SIGKILL)
     helper.stop(signal.SIGKILL)
     assert Path(helper.path).exists()
     r = run_qemu_to_exit(sockdir, f"pr-manager-helper,id=pr0,path={helper.path}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,8 +14,12 @@ from lab.processes import REPO
 from prguard.shared import sandbox
 from prguard.shared.seccomp_policy import Condition, SeccompPolicyError, parse
 
+#: Path-taking calls Landlock does not govern (stat, readlink, ...): never allowed.
+UNCONFINABLE = ("open", "newfstatat", "statx", "stat", "lstat", "access", "faccessat",
+                "faccessat2", "readlinkat", "readlink", "openat2", "name_to_handle_at")
 
-@pytest.mark.parametrize("role", ["broker", "worker"])
+
+@pytest.mark.parametrize("role", ["broker", "worker", "janitor"])
 def test_policy_files_are_complete_and_reviewable(role: str) -> None:
     import pyseccomp
     policy = sandbox.load_seccomp_policy(role)
@@ -22,11 +27,23 @@ def test_policy_files_are_complete_and_reviewable(role: str) -> None:
     for rule in policy.rules:
         assert rule.why, rule
         assert pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, rule.syscall) >= 0, rule
+    allowed = {r.syscall for r in policy.allowed}
     unconditional = {r.syscall for r in policy.allowed if not r.conditions}
-    for name in ("open", "openat", "execve", "socket", "connect", "ptrace", "clone", "fork"):
-        assert name not in {r.syscall for r in policy.allowed}
+    for name in ("execve", "socket", "connect", "ptrace", "clone", "fork", *UNCONFINABLE):
+        assert name not in allowed, name
     assert "ioctl" not in unconditional and "fcntl" not in unconditional
     assert "mmap" not in unconditional and "mprotect" not in unconditional
+    assert "mmap" in allowed  # each process allocates
+    for rule in policy.allowed:  # memory is anonymous, never executable
+        if rule.syscall == "mmap":
+            assert {(c.arg, c.mask, c.value) for c in rule.conditions} == {
+                (2, 0x4, 0), (3, 0x20, 0x20)}
+    # A path is opened by the worker alone, read-only (sysfs, under Landlock).
+    opens = [r for r in policy.allowed if r.syscall == "openat"]
+    if role == "worker":
+        assert [str(r) for r in opens] == ["allow openat arg2 & 0xfffffffffff7ffff == 0x0"]
+    else:
+        assert opens == []
 
 
 def test_worker_ioctl_is_sg_io_only() -> None:
@@ -132,3 +149,11 @@ def test_a_close_below_the_boundary_kills_even_with_high_bits_set(fd: str,
     result = subprocess.run([sys.executable, "-c", CLOSE_PROBE, "13", fd], cwd=REPO,
                             timeout=30)
     assert result.returncode == (0 if survives else -signal.SIGSYS)
+
+
+def test_the_janitors_filter_is_printed_too() -> None:
+    script = str(Path(sys.executable).parent / "prguard")
+    out = subprocess.run([script, "--print-seccomp=janitor"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "# $DIR_FD = 1010 in this listing" in out
+    assert "action KILL_PROCESS;" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -10,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lab.processes import REPO, activated, children, proc_status
+from lab.processes import REPO, activated, children, proc_status, wait_for_path
 from lab.systemd_like import start, tasks_max, unit_setting
 from prguard import cli
 from prguard.broker.main import RESERVED_FDS
@@ -157,3 +158,66 @@ def test_the_metrics_file_is_where_the_tmpfiles_entry_and_the_client_expect_it()
     assert re.search(rf"^d {directory} 0755 prguard prguard -$", tmpfiles, re.M)
     assert unit_setting("ReadWritePaths", UNITS / "prguard.service") == directory
     assert unit_setting("WatchdogSec", UNITS / "prguard.service") == "30s"
+
+
+def _syscall_group(name: str, seen: dict[str, set[str]]) -> set[str]:
+    """A systemd syscall group, nested groups expanded (`systemd-analyze syscall-filter`)."""
+    if name not in seen:
+        out = subprocess.run(["systemd-analyze", "syscall-filter", name], capture_output=True,
+                             text=True, check=True).stdout
+        seen[name] = set()
+        for line in out.splitlines()[1:]:
+            item = line.strip()
+            if item and not item.startswith("#"):
+                seen[name] |= _syscall_group(item, seen) if item.startswith("@") else {item}
+    return seen[name]
+
+
+def unit_syscall_allowlist(unit: Path) -> set[str]:
+    """The system calls a unit's SystemCallFilter= lines leave allowed, in their order
+    (the first list is an allow-list; `~` removes, a later plain list adds)."""
+    seen: dict[str, set[str]] = {}
+    allowed: set[str] = set()
+    for line in re.findall(r"^SystemCallFilter=(.*)$", unit.read_text(), re.M):
+        remove = line.startswith("~")
+        names: set[str] = set()
+        for item in line.lstrip("~").split():
+            names |= _syscall_group(item, seen) if item.startswith("@") else {item}
+        allowed = allowed - names if remove else allowed | names
+    return allowed
+
+
+UNIT_FILTER = """\
+import json, os, sys, pyseccomp as s
+f = s.SyscallFilter(s.ERRNO(1))  # SystemCallErrorNumber=EPERM
+for name in json.load(open(sys.argv[1])):
+    if s.resolve_syscall(s.Arch.NATIVE, name) >= 0:
+        f.add_rule(s.ALLOW, name)
+f.load()
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def test_the_units_system_call_filter_lets_prguard_start_and_serve(
+        tmp_path: Path, fd_zoo: dict[str, int]) -> None:
+    """prguard under the service's SystemCallFilter= (as systemd would apply it, EPERM for
+    the rest): its own seccomp filters and Landlock rulesets must be allowed by it."""
+    allowed = unit_syscall_allowlist(UNITS / "prguard.service")
+    assert {"seccomp", "landlock_create_ruleset", "landlock_add_rule",
+            "landlock_restrict_self"} <= allowed
+    names = tmp_path / "allowed.json"
+    names.write_text(json.dumps(sorted(allowed)))
+    path = str(tmp_path / "u.sock")
+    proc = subprocess.Popen([sys.executable, "-c", UNIT_FILTER, str(names), PRGUARD_SCRIPT,
+                             "-k", path, "-u", "nobody", "-g", "nogroup"],
+                            stderr=subprocess.PIPE, cwd=REPO)
+    os.chmod(tmp_path, 0o777)  # so that the -u user could remove its socket
+    try:
+        wait_for_path(path, proc)
+        with Client(path) as client:
+            assert client.request(pr_in_cdb(), fd_zoo["loop"]).status == 2
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+        assert proc.stderr is not None and proc.stderr.read() == b""
+    assert not os.path.exists(path)

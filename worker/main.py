@@ -1,9 +1,10 @@
 """The worker process: drop to CAP_SYS_RAWIO, lock down, serve the channel until it closes.
 
-Runs in a child forked by the launcher before any thread exists. Order: signals, the
-sysfs directory fd, privileges, parent-death signal (after the uid change, which resets
-it), the receiving threads (each receives a request and runs its SG_IO itself), a
-warm-up of every code path they use, the seccomp filter (all threads), then Ready.
+Runs in a child forked by the launcher before any thread exists. Order: signals,
+privileges, parent-death signal (after the uid change, which resets it), Landlock (read
+beneath /sys/devices, nothing else; before any thread), the pinned fds, the receiving
+threads (each receives a request and runs its SG_IO itself), a warm-up of every code
+path they use, the seccomp filter (all threads), then Ready.
 Exits 0 when the broker closes the channel in an orderly way, 1 when the broker died
 under it or on any fault.
 """
@@ -24,7 +25,7 @@ from typing import NoReturn
 
 import prctl
 
-from prguard.shared import fdcheck, fdpass, fdpin, privileges, sandbox
+from prguard.shared import fdcheck, fdpass, fdpin, landlock, privileges, sandbox, sysfs
 from prguard.shared.errors import ChannelError
 from prguard.shared.messages import Malformed, Probe, Ready, SgIoRequest, decode
 from prguard.shared.privileges import Identity
@@ -38,6 +39,8 @@ __all__ = ["WorkerConfig", "serve"]
 log = logging.getLogger("prguard.worker")
 
 KEEP_CAPS = ("sys_rawio",)
+#: What the worker may still reach by path: sysfs attributes of block devices, read-only.
+LANDLOCK_RULES = (landlock.Beneath(landlock.READ_FILE, path=sysfs.SYS_DEVICES),)
 #: mallopt(M_ARENA_MAX): glibc would read /sys/devices/system/cpu/online the first time
 #: a pool thread allocates; with one arena it never does (and never opens a file).
 M_ARENA_MAX = -8
@@ -69,10 +72,10 @@ def _send(channel: socket.socket, payload: bytes, broker_pid: int) -> None:
         _die(f"worker: cannot answer the broker ({exc.strerror}); exiting")
 
 
-def _warm_up(sysfs_block: int, timeout_ms: int) -> None:
+def _warm_up(timeout_ms: int) -> None:
     """Run each code path once so nothing is imported or first-touched once confined."""
-    facts = fdcheck.inspect_fd(2, sysfs_block)
-    fdcheck.is_partition(os.makedev(7, 0), sysfs_block)
+    facts = fdcheck.inspect_fd(2, with_sysfs=True)
+    sysfs.block_kind(os.makedev(7, 0))  # under Landlock already: as a request's lookup
     request = SgIoRequest(1, b"\x5e" + bytes(15), b"")
     decode(request.encode())
     handler.screen(request.encode(), None, None)
@@ -117,7 +120,6 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
         _send(channel, result.encode(), broker_pid)
 
     try:
-        sysfs_block = fdcheck.open_sysfs_block()
         seccomp_policy = sandbox.load_seccomp_policy("worker")
         probe = (sandbox.find_forbidden(seccomp_policy, config.seccomp_probe)
                  if config.seccomp_probe else None)
@@ -126,14 +128,16 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
         if os.getppid() != broker_pid:
             _die("worker: the broker died during start-up")
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1)
+        # Before any thread: a Landlock domain covers the calling thread and those it
+        # starts later, not threads that already exist.
+        landlock.restrict(LANDLOCK_RULES)
         fdpin.hold(channel)
-        variables: sandbox.Variables = {"CHANNEL_FD": channel.fileno(),
-                                        "SYSFS_BLOCK_FD": sysfs_block}
+        variables: sandbox.Variables = {"CHANNEL_FD": channel.fileno()}
         # While single-threaded: every fd a thread receives lands above the boundary.
-        variables["FD_BOUNDARY"] = fdpin.seal([2, channel.fileno(), sysfs_block])
+        variables["FD_BOUNDARY"] = fdpin.seal([2, channel.fileno()])
         gate = DeviceGate(config.per_device, execute)
         receivers = [threading.Thread(target=_receive_loop, name=f"sgio-{i}", daemon=True,
-                                      args=(channel, sysfs_block, gate, broker_pid))
+                                      args=(channel, gate, broker_pid))
                      for i in range(config.threads - 1)]
         for started, thread in enumerate(receivers, 1):  # no clone once confined
             try:
@@ -142,9 +146,10 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
                 _die(f"worker: cannot start SG_IO thread {started + 1} of {config.threads} "
                      f"({exc}): the unit's TasksMax= (or RLIMIT_NPROC) must allow "
                      f"--sg-threads + 1 tasks")
-        _warm_up(sysfs_block, config.sg_timeout_ms)
+        _warm_up(config.sg_timeout_ms)
         sandbox.lock_down(seccomp_policy, variables)
-    except (OSError, privileges.PrivilegeError, sandbox.SandboxError) as exc:
+    except (OSError, privileges.PrivilegeError, sandbox.SandboxError,
+            landlock.LandlockError) as exc:
         _die(str(exc))
     if probe is not None:
         sandbox.probe(probe)
@@ -152,7 +157,7 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
     log.debug("worker: pid %d serving; SG_IO timeout %d ms, %d threads, %d per device",
               os.getpid(), config.sg_timeout_ms, config.threads, config.per_device)
     _send(channel, Ready(os.getpid()).encode(), broker_pid)
-    _receive_loop(channel, sysfs_block, gate, broker_pid)  # the main thread is one more
+    _receive_loop(channel, gate, broker_pid)  # the main thread is one more
 
 
 #: Seconds an EOF waits to tell a broker that stopped from one that died: the kernel
@@ -172,8 +177,7 @@ def _end_of_channel(broker_pid: int) -> NoReturn:
     os._exit(0)
 
 
-def _receive_loop(channel: socket.socket, sysfs_block: int, gate: DeviceGate,
-                  broker_pid: int) -> NoReturn:
+def _receive_loop(channel: socket.socket, gate: DeviceGate, broker_pid: int) -> NoReturn:
     """One of the worker's threads: receive a request, check it, run it (or park it)."""
     while True:
         try:
@@ -189,7 +193,7 @@ def _receive_loop(channel: socket.socket, sysfs_block: int, gate: DeviceGate,
         facts = None
         if fd is not None:
             try:
-                facts = fdcheck.inspect_fd(fd, sysfs_block)
+                facts = fdcheck.inspect_fd(fd, with_sysfs=True)
             except OSError:
                 facts = None
         outcome = handler.screen(datagram, fd, facts)
