@@ -23,12 +23,27 @@ import pytest
 from lab.processes import REPO, wait_for_service
 from prguard.client.session import Client, pr_in_cdb, pr_out_cdb
 from prguard.shared import fdpass
-from prguard.shared.messages import Ready, SgIoRequest, SgIoResult, decode
+from prguard.shared.messages import Alive, Probe, Ready, SgIoRequest, SgIoResult, decode
 from prguard.shared.qemu_protocol import PrReply
 from prguard.shared.scsi import Sense, Status
 
 LUN_COMM_FAILURE = Sense.LUN_COMM_FAILURE.fixed_format()
 SENSE0 = bytes(96)
+
+
+def forwarded_request(channel: socket.socket) -> tuple[SgIoRequest, int]:
+    """The next request the broker forwards, and its fd; liveness probes on the way are
+    answered as a worker's free thread answers them."""
+    while True:
+        got = fdpass.recv_message(channel)
+        assert got is not None
+        message = decode(got[0])
+        if isinstance(message, Probe):
+            assert got[1] is None
+            channel.send(Alive(message.id).encode())
+            continue
+        assert isinstance(message, SgIoRequest) and got[1] is not None
+        return message, got[1]
 
 
 @dataclass
@@ -45,11 +60,8 @@ class LoneBroker:
             asking = threading.Thread(target=lambda: replies.append(
                 client.request(cdb, fd, data)))
             asking.start()
-            got = fdpass.recv_message(self.channel)
-            assert got is not None and got[1] is not None
-            os.close(got[1])
-            forwarded = decode(got[0])
-            assert isinstance(forwarded, SgIoRequest)
+            forwarded, fd_in_flight = forwarded_request(self.channel)
+            os.close(fd_in_flight)
             self.channel.send(answer(forwarded))  # type: ignore[operator]
             asking.join(10)
         assert replies, "no reply to the client"
@@ -118,11 +130,8 @@ def test_an_answer_carrying_an_fd_ends_the_broker(broker: LoneBroker,
         asking = threading.Thread(target=lambda: replies.append(
             client.request(pr_in_cdb(), fd_zoo["loop"])))
         asking.start()
-        got = fdpass.recv_message(broker.channel)
-        assert got is not None and got[1] is not None
-        os.close(got[1])
-        request = decode(got[0])
-        assert isinstance(request, SgIoRequest)
+        request, fd_in_flight = forwarded_request(broker.channel)
+        os.close(fd_in_flight)
         fdpass.send_message(broker.channel, SgIoResult(request.id, PrReply(0, SENSE0)).encode(),
                             fd_zoo["file"])
         asking.join(10)
@@ -130,3 +139,11 @@ def test_an_answer_carrying_an_fd_ends_the_broker(broker: LoneBroker,
     assert broker.proc.wait(10) == 1
     assert broker.proc.stderr is not None
     assert "the worker sent an fd" in broker.proc.stderr.read().decode()
+
+
+def test_an_alive_for_no_probe_ends_the_broker(broker: LoneBroker) -> None:
+    """Alive answers a probe the broker sent; any other is a worker off the protocol."""
+    broker.channel.send(Alive(10**6).encode())
+    assert broker.proc.wait(10) == 1
+    assert broker.proc.stderr is not None
+    assert "unexpected Alive from the worker" in broker.proc.stderr.read().decode()

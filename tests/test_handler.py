@@ -8,7 +8,16 @@ import errno
 import pytest
 
 from prguard.client.session import pr_in_cdb, pr_out_cdb
-from prguard.shared.messages import Malformed, Message, Ready, Refused, SgIoRequest, SgIoResult
+from prguard.shared.messages import (
+    Alive,
+    Malformed,
+    Message,
+    Probe,
+    Ready,
+    Refused,
+    SgIoRequest,
+    SgIoResult,
+)
 from prguard.shared.rules import FdFacts, FdKind
 from prguard.shared.scsi import ZERO_SENSE, PrReply, Sense, SenseCode, Status
 from prguard.worker.handler import Job, run, screen
@@ -106,3 +115,13 @@ def test_run_never_reports_good_for_a_failed_call() -> None:
     assert isinstance(result, Message) and isinstance(result, SgIoResult)
     assert result.id == 3 and result.reply.status == Status.CHECK_CONDITION
     assert result.reply.data == b""
+
+
+def test_a_liveness_probe_is_answered_at_once_without_a_device() -> None:
+    """Whichever thread takes it answers Alive with its id, and no Job is made."""
+    assert screen(Probe(41).encode(), None, None) == Alive(41)
+    # A probe never carries an fd: one that does is a broker off the protocol.
+    assert screen(Probe(41).encode(), 7, FdFacts(FdKind.BLOCK_DISK, read_only=False)) == \
+        Malformed("a probe with an fd")
+    # Alive goes the other way: a worker is never sent one.
+    assert isinstance(screen(Alive(41).encode(), None, None), Malformed)
