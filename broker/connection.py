@@ -141,6 +141,7 @@ class Connection:
     def _request(self, request: PrRequest) -> None:
         self.busy = True
         self.server.in_flight += 1
+        self.server.busy(self, True)
         self.server.requests.answer(self.protocol, request, self.peer, self._on_reply)
 
     def _on_reply(self, wire: bytes) -> None:
@@ -175,6 +176,7 @@ class Connection:
     def _reply_done(self) -> None:
         self.busy = False
         self.server.in_flight -= 1
+        self.server.busy(self, False)
         if self.parked:
             self.parked = False
             self.server.loop.modify(self.fd, EPOLLIN)

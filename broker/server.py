@@ -12,7 +12,7 @@ import socket
 import struct
 from collections.abc import Hashable
 
-from prguard.broker.admission import Admission, Admitted, Peer
+from prguard.broker.admission import Admission, Admitted, Peer, PeerLog, tenant_of
 from prguard.broker.connection import Connection
 from prguard.broker.limits import Limits
 from prguard.broker.loop import EPOLLIN, Loop
@@ -81,6 +81,7 @@ class Server:
         self.reply_deadlines = loop.deadlines(limits.reply_deadline, self._reply_overdue)
         self._backoff = loop.deadlines(ACCEPT_BACKOFF, self._backoff_over)
         self._admission = Admission(limits)
+        self._peer_log = PeerLog()
         self._connections: set[Connection] = set()
         #: requests between their last byte read and their reply sent
         self.in_flight = 0
@@ -96,10 +97,11 @@ class Server:
         self._sync_accepting()
 
     def _sync_accepting(self) -> None:
-        """Watch the listener exactly while admission wants new connections. When it does
-        not, connections wait in the backlog (then get EAGAIN) instead of being spun on."""
+        """Watch the listener unless stopping or backing off after EMFILE. Admission
+        lets a newcomer in (by making room) or refuses it at once, so nobody is left
+        waiting in the backlog behind a flood."""
         want = (self._listener is not None and not self.stopping
-                and self._admission.accepting and "accept" not in self._backoff)
+                and "accept" not in self._backoff)
         if want == self._accepting:
             return
         assert self._listener is not None
@@ -107,9 +109,6 @@ class Server:
             self.loop.register(self._listener.fileno(), EPOLLIN, self._accept)
         else:
             self.loop.unregister(self._listener.fileno())
-            if not self._admission.accepting and not self.stopping:
-                log.warning("%d connections open: not accepting until one closes",
-                            self._admission.total)
         self._accepting = want
 
     def _accept(self, events: int) -> None:
@@ -132,30 +131,45 @@ class Server:
         decision = self._admission.admit(connection, peer)
         if not isinstance(decision, Admitted):
             self.stats.connections_refused[decision.limit] += 1
-            log.warning("%s: connection refused: %s", peer, decision.reason)
+            self._tell(peer, "%s: connection refused: %s", peer, decision.reason)
             sock.close()
             return
         self.stats.connections_accepted += 1
         if isinstance(decision.evict, Connection):
             self.stats.connections_evicted += 1
-            log.info("%s: closing a connection still in its handshake to make room",
-                     decision.evicted_peer)
-            decision.evict.close("closed by prguard")
+            assert decision.evicted_peer is not None
+            self._tell(decision.evicted_peer, "%s: closing one of its connections to make "
+                       "room for %s (%d open, the limit)", decision.evicted_peer, peer,
+                       self._admission.total)
+            decision.evict.close("closed by prguard to make room")
         self._connections.add(connection)
         connection.start()
-        self._sync_accepting()
+
+    def _tell(self, about: Peer, message: str, *args: object) -> None:
+        """A warning about a client's uid, at most one per uid every few seconds (a
+        flood must not flood the log either): later ones are counted and told with the
+        next."""
+        held_back = self._peer_log.allow(tenant_of(about), self.loop.time())
+        if held_back is None:
+            return
+        if held_back:
+            message += f" ({held_back} more such lines about its uid held back)"
+        log.warning(message, *args)
 
     def _backoff_over(self, key: Hashable) -> None:
         self._sync_accepting()
 
     def handshake_done(self, connection: Connection) -> None:
         self._admission.handshake_done(connection)
-        self._sync_accepting()
+
+    def busy(self, connection: Connection, busy: bool) -> None:
+        """A request was read on the connection (True), or its reply sent (False): an
+        idle connection makes room before one with a request in flight."""
+        self._admission.busy(connection, busy)
 
     def release(self, connection: Connection) -> None:
         self._connections.discard(connection)
         self._admission.release(connection)
-        self._sync_accepting()
 
     def _message_overdue(self, key: Hashable) -> None:
         assert isinstance(key, Connection)

@@ -113,9 +113,11 @@ OPTION_GROUPS = (
                man="A LUN that stops answering holds no more than this many of them."),
         Option("max-connections", arg="N",
                help=(f"clients served at once (default {DEFAULT_MAX_CONNECTIONS})",),
-               man="Lowered to what RLIMIT_NOFILE allows. When all are taken, the oldest "
-                   "connection still in its handshake makes room; otherwise new clients "
-                   "wait in the listen backlog."),
+               man="Lowered to what RLIMIT_NOFILE allows. When all are taken, a new client "
+                   "is let in by closing a connection of the uid that holds the most (of "
+                   "its process that holds the most; one still in its handshake first, "
+                   "then an idle one), unless its own uid and process hold as many: a "
+                   "client that holds nothing always gets in."),
         Option("max-connections-per-peer", arg="N",
                help=(f"of which from one client process (default {DEFAULT_MAX_PER_PEER})",),
                man="A peer is a process, as SO_PEERCRED tells: one QEMU, one VM."),

@@ -3,10 +3,13 @@ C helper where it has the weakness being fixed."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import resource
 import select
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -14,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lab.processes import (
     C_HELPER,
@@ -26,7 +31,7 @@ from lab.processes import (
     wait_for_path,
     wait_for_service,
 )
-from prguard.broker.admission import Admission, Admitted, Peer, Refused
+from prguard.broker.admission import Admission, Admitted, Peer, PeerLog, Phase, Refused
 from prguard.broker.limits import Limits
 from prguard.client.session import Client, pr_in_cdb, pr_out_cdb, send_with_fds
 from prguard.shared.scsi import Status
@@ -56,57 +61,158 @@ def closed_after(sock: socket.socket, limit: float) -> float | None:
     return time.monotonic() - start
 
 
-def peer(pid: int) -> Peer:
-    return Peer(pid, 0, 0)
+ROOT, NOBODY = 0, 65534
 
 
-def test_admission_counts_per_peer_and_in_all() -> None:
-    admission = Admission(Limits(max_connections=3, max_per_peer=2))
-    for key in ("a", "b", "d"):  # all of them past their handshake
-        assert admission.admit(key, peer(11 if key == "d" else 10)) == Admitted()
+def peer(uid: int, pid: int) -> Peer:
+    return Peer(pid, uid, uid)
+
+
+def flooded(limits: Limits, holders: list[tuple[int, int]]) -> Admission:
+    """An Admission already holding one connection per (uid, pid) in `holders`, keyed
+    `uid/pid/n` (n counting that process's connections from 0)."""
+    admission = Admission(limits)
+    seen: dict[tuple[int, int], int] = {}
+    for uid, pid in holders:
+        n = seen.get((uid, pid), 0)
+        seen[(uid, pid)] = n + 1
+        assert isinstance(admission.admit(f"{uid}/{pid}/{n}", peer(uid, pid)), Admitted)
+    return admission
+
+
+@pytest.mark.parametrize(("name", "limits", "holders", "newcomer", "evicted"), [
+    ("room left: nobody is closed",
+     Limits(max_connections=3), [(ROOT, 1)], (ROOT, 2), None),
+    ("full: a client of another uid holding nothing gets in; the biggest uid pays",
+     Limits(max_connections=4), [(ROOT, 1), (ROOT, 1), (ROOT, 2), (NOBODY, 3)],
+     (7, 4), "0/1/1"),
+    ("full, one uid floods from many processes: its fresh process gets in",
+     Limits(max_connections=4), [(ROOT, 1), (ROOT, 1), (ROOT, 1), (ROOT, 2)],
+     (ROOT, 3), "0/1/2"),
+    ("the biggest process of the biggest uid, its newest connection",
+     Limits(max_connections=5), [(ROOT, 1), (ROOT, 2), (ROOT, 2), (NOBODY, 3), (NOBODY, 3)],
+     (7, 4), "0/2/1"),
+    ("ties between uids: the newer one",
+     Limits(max_connections=4), [(ROOT, 1), (NOBODY, 2), (ROOT, 1), (NOBODY, 2)],
+     (7, 3), "65534/2/1"),
+    ("the newcomer's uid and process hold as many as any: refused",
+     Limits(max_connections=4), [(ROOT, 1), (ROOT, 1), (NOBODY, 2), (NOBODY, 3)],
+     (NOBODY, 3), None),
+])
+def test_admission_makes_room_from_whoever_holds_the_most(
+        name: str, limits: Limits, holders: list[tuple[int, int]],
+        newcomer: tuple[int, int], evicted: str | None) -> None:
+    admission = flooded(limits, holders)
+    decision = admission.admit("new", peer(*newcomer))
+    if name.startswith("the newcomer's uid"):
+        assert isinstance(decision, Refused), decision
+        return
+    assert isinstance(decision, Admitted), decision
+    assert decision.evict == evicted
+    assert admission.total == min(len(holders) + 1, limits.max_connections)
+
+
+@pytest.mark.parametrize(("holders", "newcomer", "why"), [
+    ([(ROOT, 1), (ROOT, 1)], (ROOT, 1), "its process already holds 2 connections"),
+    ([(ROOT, 1), (NOBODY, 2), (ROOT, 3)], (ROOT, 1), "connections open, the limit"),
+])
+def test_admission_refuses_the_party_that_holds_the_most(
+        holders: list[tuple[int, int]], newcomer: tuple[int, int], why: str) -> None:
+    admission = flooded(Limits(max_connections=3, max_per_peer=2), holders)
+    decision = admission.admit("new", peer(*newcomer))
+    assert isinstance(decision, Refused) and why in decision.reason, decision
+    assert admission.total == len(holders)
+
+
+def set_phase(admission: Admission, key: str, phase: Phase) -> None:
+    """Drive a connection to `phase` through the calls the shell makes."""
+    if phase is not Phase.HANDSHAKE:
         admission.handshake_done(key)
-    assert admission.peers == 2
-    assert isinstance(admission.admit("c", peer(10)), Refused)  # third from the same peer
-    assert admission.full and not admission.accepting
-    refused = admission.admit("e", peer(12))  # all slots taken
-    assert isinstance(refused, Refused) and refused.limit == "max_connections"
-    admission.release("a")
-    assert not admission.full and admission.accepting
-    assert admission.admit("e", peer(12)) == Admitted()
-    admission.release("zz")  # holds no slot: nothing happens
-    assert admission.total == 3
+    if phase is Phase.BUSY:
+        admission.busy(key, True)
 
 
-def test_a_refusal_names_the_limit() -> None:
-    admission = Admission(Limits(max_connections=5, max_per_peer=2))
-    admission.admit("a", peer(10))
-    admission.admit("b", peer(10))
-    assert admission.admit("c", peer(10)) == Refused(
-        "peer already holds 2 connections, the limit", "max_per_peer")
-    assert admission.peers == 1
+@pytest.mark.parametrize(("phases", "evicted"), [
+    ((Phase.IDLE, Phase.BUSY, Phase.HANDSHAKE), "0/1/2"),
+    ((Phase.HANDSHAKE, Phase.IDLE, Phase.BUSY), "0/1/0"),
+    ((Phase.IDLE, Phase.BUSY, Phase.IDLE), "0/1/2"),
+    ((Phase.BUSY, Phase.IDLE, Phase.BUSY), "0/1/1"),
+    ((Phase.BUSY, Phase.BUSY, Phase.BUSY), "0/1/2"),
+])
+def test_a_handshake_goes_first_then_an_idle_one_then_a_busy_one(
+        phases: tuple[Phase, ...], evicted: str) -> None:
+    admission = flooded(Limits(max_connections=3), [(ROOT, 1)] * 3)
+    for n, phase in enumerate(phases):
+        set_phase(admission, f"0/1/{n}", phase)
+    decision = admission.admit("new", peer(NOBODY, 2))
+    assert isinstance(decision, Admitted)
+    assert (decision.evict, decision.evicted_peer) == (evicted, peer(ROOT, 1))
 
 
-def test_admission_evicts_the_oldest_handshaking_connection_to_make_room() -> None:
-    admission = Admission(Limits(max_connections=3, max_per_peer=2))
-    admission.admit("old", peer(1))
-    admission.admit("young", peer(2))
-    admission.admit("done", peer(3))
-    admission.handshake_done("done")
-    assert admission.full and admission.accepting  # there is someone to evict
-    assert admission.admit("new", peer(4)) == Admitted("old", peer(1))
-    admission.release("old")  # the shell's close of the evicted one changes nothing
-    assert admission.total == 3
-    assert admission.admit("newer", peer(4)) == Admitted("young", peer(2))
-    admission.handshake_done("new")
-    admission.handshake_done("newer")
-    assert not admission.accepting
-    # a newcomer whose own peer is at its limit evicts nobody
-    admission.release("done")
-    admission.admit("third", peer(5))
-    assert admission.admit("x", peer(4)) == Refused("3 connections open, the limit",
-                                                    "max_connections")
-    admission.release("third")  # "third" still held its slot: it was not evicted for it
-    assert admission.total == 2
+def test_a_request_answered_makes_a_connection_idle_again() -> None:
+    admission = flooded(Limits(max_connections=2), [(ROOT, 1)] * 2)
+    set_phase(admission, "0/1/0", Phase.BUSY)
+    set_phase(admission, "0/1/1", Phase.BUSY)
+    admission.busy("0/1/0", False)
+    decision = admission.admit("new", peer(NOBODY, 2))
+    assert isinstance(decision, Admitted) and decision.evict == "0/1/0"
+
+
+def test_evicted_connections_are_released_once() -> None:
+    admission = flooded(Limits(max_connections=1), [(ROOT, 1)])
+    decision = admission.admit("new", peer(NOBODY, 2))
+    assert isinstance(decision, Admitted) and decision.evict == "0/1/0"
+    admission.handshake_done("0/1/0")  # its connection, closing: no effect
+    admission.release("0/1/0")  # its close: nothing left to release
+    assert admission.total == 1 and admission.held_by(peer(ROOT, 1)) == (0, 0)
+    with pytest.raises(ValueError):
+        admission.admit("new", peer(NOBODY, 2))
+    admission.release("new")
+    assert admission.total == 0 and admission.peers == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["admit", "release", "busy", "idle", "ready"]),
+                          st.integers(0, 3), st.integers(0, 5)), max_size=120))
+def test_a_client_that_holds_nothing_always_gets_in(steps: list[tuple[str, int, int]]) -> None:
+    """Whatever came before: the books add up, the limits hold, and a process of a uid
+    that holds nothing is admitted."""
+    limits = Limits(max_connections=6, max_per_peer=3)
+    admission = Admission(limits)
+    open_: dict[int, Peer] = {}
+    for key, (op, uid, pid) in enumerate(steps):
+        if op == "admit":
+            decision = admission.admit(key, peer(uid, pid))
+            if isinstance(decision, Admitted):
+                open_[key] = peer(uid, pid)
+                if decision.evict is not None:
+                    assert open_.pop(decision.evict) == decision.evicted_peer  # type: ignore[call-overload]
+        elif open_:
+            chosen = sorted(open_)[pid % len(open_)]
+            if op == "release":
+                admission.release(chosen)
+                del open_[chosen]
+            elif op == "ready":
+                admission.handshake_done(chosen)
+            else:
+                admission.busy(chosen, op == "busy")
+        assert admission.total == len(open_) <= limits.max_connections
+        assert admission.peers == len(set(open_.values()))
+        for holder in set(open_.values()):
+            assert admission.held_by(holder) == (
+                sum(p.uid == holder.uid for p in open_.values()),
+                sum(p == holder for p in open_.values()))
+            assert admission.held_by(holder)[1] <= limits.max_per_peer
+    assert isinstance(admission.admit(-1, peer(99, 99)), Admitted)
+
+
+def test_logs_about_one_uid_are_rate_limited_and_counted() -> None:
+    log = PeerLog(window=10)
+    assert log.allow(ROOT, now=0) == 0
+    assert log.allow(ROOT, now=1) is None and log.allow(ROOT, now=9.9) is None
+    assert log.allow(NOBODY, now=5) == 0  # another uid has its own window
+    assert log.allow(ROOT, now=10.5) == 2  # and says how many were held back
+    assert log.allow(ROOT, now=11) is None
 
 
 @pytest.mark.parametrize("stall", ["handshake", "cdb", "parameters"])
@@ -348,3 +454,85 @@ def test_fd_exhaustion_neither_spins_nor_starves_a_fresh_client(loop_disk: str) 
     assert ours[0] < 0.1, ours  # no busy loop
     # The C helper's measured weakness: it spins, and the fresh client waits.
     assert theirs[0] > 0.3 or theirs[1] is None, theirs
+
+
+FLOODER = """\
+import os, socket, sys, time
+path, processes, each = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ready_r, ready_w = os.pipe()
+for _ in range(processes):
+    if os.fork() == 0:  # a process of the flood: its connections, handshakes done, held
+        held = []
+        for _ in range(each):
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(path)
+                if s.recv(4) == bytes(4):
+                    s.send(bytes(4))
+                    held.append(s)
+            except OSError:
+                pass
+        os.write(ready_w, b"x")
+        time.sleep(60)
+        os._exit(0)
+os.read(ready_r, processes)  # every process has opened what it could
+print("ready", flush=True)
+sys.stdin.read()  # until the test is done
+"""
+
+FRESH = """\
+import os, sys, time
+from prguard.client.session import Client, pr_in_cdb
+start = time.monotonic()
+fd = os.open(sys.argv[2], os.O_RDWR)
+with Client(sys.argv[1], timeout=10) as client:
+    print(client.request(pr_in_cdb(), fd).status, round(time.monotonic() - start, 3))
+"""
+
+
+def fresh_client(path: str, disk: str, *user: str) -> tuple[int, float]:
+    """A new QEMU's blocking connect and request: (status, seconds), as another process
+    (and, with `user`, another uid) than the flood."""
+    out = subprocess.run([*user, sys.executable, "-c", FRESH, path, disk], cwd=REPO,
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    status, seconds = out.stdout.split()
+    return int(status), float(seconds)
+
+
+def test_a_flood_from_many_processes_cannot_keep_a_fresh_client_out(
+        sockdir: Path, loop_disk: str) -> None:
+    """The review's flood, scaled down: 12 processes of one uid open 8 connections each
+    and finish their handshakes, more than the 40 slots. A fresh client of that uid, and
+    one of another uid, are each served at once: room is made from the flood; the log
+    says so at the default level, once per uid and window, not once per connection."""
+    os.chmod(sockdir, 0o755)
+    helper = start_helper(PRGUARD, str(sockdir / "f.sock"), "--max-connections=40",
+                          "--max-connections-per-peer=8")
+    os.chmod(helper.path, 0o777)  # so that the other uid may connect
+    flood = subprocess.Popen([sys.executable, "-c", FLOODER, helper.path, "12", "8"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert flood.stdout is not None and flood.stdout.readline() == "ready\n"
+        status, seconds = fresh_client(helper.path, loop_disk)
+        assert status == Status.CHECK_CONDITION and seconds < 3, seconds
+        nobody = pwd.getpwnam("nobody")
+        os.chown(loop_disk, nobody.pw_uid, -1)  # the other uid's own disk
+        try:
+            status, seconds = fresh_client(helper.path, loop_disk, "setpriv",
+                                           f"--reuid={nobody.pw_uid}",
+                                           f"--regid={nobody.pw_gid}", "--clear-groups")
+        finally:
+            os.chown(loop_disk, 0, -1)
+        assert status == Status.CHECK_CONDITION and seconds < 3, seconds
+    finally:
+        flood.stdin.close()  # type: ignore[union-attr]
+        flood.wait(10)
+        helper.stop()
+    lines = helper.stderr_text().splitlines()
+    made_room = [line for line in lines if "to make room for" in line]
+    refused = [line for line in lines if "connection refused" in line]
+    assert made_room and all(" uid 0 " in line for line in made_room), lines
+    # 96 connections tried against 40 slots, each one refused or evicting: per uid
+    # and window, one line each says so, and a later one how many were held back.
+    assert len(made_room) + len(refused) <= 4, lines
