@@ -37,7 +37,9 @@ from prguard.broker.limits import (
 )
 from prguard.broker.loop import Loop
 from prguard.broker.metrics_file import MetricsFile, MetricsFileError
+from prguard.broker.multipath import Multipath
 from prguard.broker.notify import Notifier
+from prguard.broker.opener_client import OpenerClient
 from prguard.broker.reporting import LastErrorHandler, Publisher, Reporter
 from prguard.broker.server import Server, warm_up
 from prguard.broker.stats import Stats
@@ -52,12 +54,20 @@ from prguard.shared.socket_file import SocketFile
 #: All the launcher uses of the broker: run() with its configuration, and the limits'
 #: defaults its options show.
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PER_PEER", "DEFAULT_MESSAGE_DEADLINE",
-           "WORKER_GRACE", "BrokerConfig", "Limits", "load_metrics", "run"]
+           "WORKER_GRACE", "BrokerConfig", "Limits", "OpenerLink", "load_metrics", "run"]
 
 log = logging.getLogger("prguard.broker")
 
 WORKER_EXIT_GRACE = 2.0
 WORKER_START_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class OpenerLink:
+    """The path opener (multipath on): its pid and the broker's end of its channel."""
+
+    pid: int
+    channel: socket.socket
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,7 @@ class BrokerConfig:
     flush_logs: Callable[[], None] = lambda: None
     #: tests only: a forbidden syscall to attempt once confined (docs/SECURITY.md)
     seccomp_probe: str | None = None
+    opener: OpenerLink | None = None
 
 
 def run(listener: socket.socket, channel: socket.socket, config: BrokerConfig) -> int:
@@ -86,6 +97,16 @@ def run(listener: socket.socket, channel: socket.socket, config: BrokerConfig) -
         how = _reap(config.worker_pid)
         if not how.startswith("exit status"):  # an exit status means it said why itself
             log.error("the worker failed to start (%s); exiting", how)
+        _end_opener(config, shut=True)
+        return 1
+    opener = config.opener
+    if opener is not None and await_ready(opener.channel, WORKER_START_TIMEOUT) is None:
+        _remove_socket_file(config)
+        how = _reap(opener.pid)
+        if not how.startswith("exit status"):
+            log.error("the path opener failed to start (%s); exiting", how)
+        channel.close()
+        _reap(config.worker_pid)
         return 1
     notifier = Notifier.from_environ()  # connect while the socket is still reachable
     watchdog_sec = watchdog_interval(os.environ, os.getpid())
@@ -108,10 +129,12 @@ def run(listener: socket.socket, channel: socket.socket, config: BrokerConfig) -
         channel.close()
         _remove_socket_file(config, janitor)
         _reap(config.worker_pid)
+        _end_opener(config, shut=True)
         return 1
     tracer = Tracer(config.trace_events, config.trace_sink)
     loop = Loop()  # never closed: its fds are pinned
-    fdpin.hold(loop, listener, channel, notifier, config.trace_sink, janitor)
+    fdpin.hold(loop, listener, channel, notifier, config.trace_sink, janitor,
+               opener.channel if opener else None)
     return _serve(loop, listener, channel, config, tracer, seccomp_policy, probe, notifier,
                   stats, publisher, watchdog_sec, janitor)
 
@@ -160,6 +183,8 @@ def _variables(config: BrokerConfig, tracer: Tracer, channel: socket.socket, loo
         "WAKEUP_FD": loop.wakeup_fd(),
         **dict(zip(("METRICS_DIR_FD", "METRICS_A_FD", "METRICS_B_FD"), metrics_fds,
                    strict=True)),
+        "OPENER_FD": config.opener.channel.fileno() if config.opener else None,
+        "OPENER_PID": config.opener.pid if config.opener else None,
     }
 
 
@@ -179,7 +204,8 @@ def _serve(loop: Loop, listener: socket.socket, channel: socket.socket, config: 
     limits = fit_to_fd_limit(config.limits)
     worker = WorkerClient(channel, loop, limits.worker_deadline)
     worker.start()
-    server = Server(loop, worker, tracer, limits, stats)
+    multipath = _multipath(config, loop, worker, limits)
+    server = Server(loop, worker, tracer, limits, stats, multipath)
     server.listen(listener)
     last_error = LastErrorHandler()
     logging.getLogger("prguard").addHandler(last_error)
@@ -202,6 +228,8 @@ def _serve(loop: Loop, listener: socket.socket, channel: socket.socket, config: 
 
     loop.catch_signals(STOP_SIGNALS, on_signal)
     worker.on_lost = lambda reason: loop.stop()
+    if multipath is not None:
+        multipath.opener.on_lost = lambda reason: loop.stop()
     try:
         warm_up()
         reporter.warm_up()
@@ -214,6 +242,7 @@ def _serve(loop: Loop, listener: socket.socket, channel: socket.socket, config: 
         _remove_socket_file(config, janitor)
         worker.close()
         _reap(config.worker_pid)
+        _end_opener(config, shut=True)
         return 1
     if probe is not None:
         sandbox.probe(probe)
@@ -229,8 +258,8 @@ def _serve(loop: Loop, listener: socket.socket, channel: socket.socket, config: 
     ticks = loop.deadlines(period, on_tick)
     ticks.add("report", loop.time() - period)  # the first report right after READY=1
     try:
-        code = _until_stopped(config, tracer, notifier, loop, server, worker, stop_signal,
-                              janitor)
+        code = _until_stopped(config, tracer, notifier, loop, server, worker, multipath,
+                              stop_signal, janitor)
         if worker.lost is not None:
             stats.worker_deaths += 1
         reporter.final()
@@ -242,20 +271,33 @@ def _serve(loop: Loop, listener: socket.socket, channel: socket.socket, config: 
 
 
 def _until_stopped(config: BrokerConfig, tracer: Tracer, notifier: Notifier, loop: Loop,
-                   server: Server, worker: WorkerClient, stop_signal: list[int],
-                   janitor: Janitor | None) -> int:
-    """Serve until a stop signal or the loss of the worker; then finish what is in
-    flight. 0 after an orderly stop, 1 if the worker was lost or did not end cleanly."""
+                   server: Server, worker: WorkerClient, multipath: Multipath | None,
+                   stop_signal: list[int], janitor: Janitor | None) -> int:
+    """Serve until a stop signal or the loss of the worker or the path opener; then
+    finish what is in flight. 0 after an orderly stop, 1 if the worker or the opener was
+    lost or did not end cleanly."""
     notifier.send(f"READY=1\nSTATUS=serving, worker pid {config.worker_pid}\n"
                   f"MAINPID={os.getpid()}")
     loop.run()
     notifier.send("STOPPING=1")
-    if worker.lost is None:
+    opener_lost = multipath.opener.lost if multipath is not None else None
+    if worker.lost is None and opener_lost is None:
         log.info("signal %d: finishing requests in flight, then exiting", stop_signal[0])
     server.stop_accepting()
     _remove_socket_file(config, janitor)
     loop.run(until=lambda: server.in_flight == 0)  # the worker deadline bounds this
     server.close_all()
+    code = 0
+    if multipath is not None:
+        multipath.close()
+        multipath.opener.close()
+        how = _reap(multipath.opener_pid)
+        if multipath.opener.lost is not None:
+            log.error("%s (%s); exiting", multipath.opener.lost, how)
+            code = 1
+        elif how != "exit status 0":
+            log.error("the path opener did not end cleanly at stop (%s)", how)
+            code = 1
     if worker.lost is not None:  # before the stop, or while finishing
         how = _reap(config.worker_pid)
         tracer.emit("prguard_worker_lost", reason=repr(worker.lost), how=how)
@@ -266,7 +308,26 @@ def _until_stopped(config: BrokerConfig, tracer: Tracer, notifier: Notifier, loo
     if how != "exit status 0":
         log.error("the worker did not end cleanly at stop (%s)", how)
         return 1
-    return 0
+    return code
+
+
+def _multipath(config: BrokerConfig, loop: Loop, worker: WorkerClient, limits: Limits
+               ) -> Multipath | None:
+    opener = config.opener
+    if opener is None:
+        return None
+    client = OpenerClient(opener.channel, loop, limits.worker_deadline)
+    client.start()
+    return Multipath(client, worker, opener.pid)
+
+
+def _end_opener(config: BrokerConfig, shut: bool) -> None:
+    """Start-up failed: the opener sees EOF and exits; collect it."""
+    if config.opener is None:
+        return
+    if shut:
+        config.opener.channel.close()
+    _reap(config.opener.pid)
 
 
 #: fds the broker keeps for itself (stdio, listener, channel, epoll, janitor, notify, trace).
@@ -298,7 +359,8 @@ def _remove_socket_file(config: BrokerConfig, janitor: Janitor | None = None) ->
 
 
 def _reap(worker_pid: int) -> str:
-    """Collect the worker (it exits by itself once the channel is closed); how it ended."""
+    """Collect the worker or the path opener (each exits by itself once its channel is
+    closed); how it ended."""
     deadline = time.monotonic() + WORKER_EXIT_GRACE
     while True:
         try:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 
 from prguard.broker.admission import Peer
+from prguard.broker.multipath import Multipath
 from prguard.broker.stats import BY_STATUS, Outcome, Stats, sense_key
 from prguard.broker.trace import Tracer
 from prguard.broker.worker_client import Answer, NoAnswer, WorkerClient, WorkerLost
@@ -48,8 +49,10 @@ class Requests:
     through `settle`."""
 
     def __init__(self, worker: WorkerClient, tracer: Tracer, stats: Stats,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], multipath: Multipath | None = None) -> None:
         self._worker = worker
+        #: with multipath on: device-mapper maps are served by translation
+        self._multipath = multipath
         self._tracer = tracer
         self._stats = stats
         self._clock = clock
@@ -83,6 +86,19 @@ class Requests:
             on_reply(self.settle(conn, request, peer, reply, started, logged=True,
                                  outcome=Outcome.REFUSED_VALIDATION))
             return
+
+        if self._multipath is not None and self._multipath.routes(facts):
+            self._multipath.answer(
+                request, facts, peer,
+                lambda reply, logged, outcome: on_reply(
+                    self.settle(conn, request, peer, reply, started, logged, outcome)),
+                lambda: self._forward(conn, request, peer, on_reply, started))
+            return
+        self._forward(conn, request, peer, on_reply, started)
+
+    def _forward(self, conn: ServerConnection, request: PrRequest, peer: Peer,
+                 on_reply: OnReply, started: float) -> None:
+        """To the worker, with the request's fd (taken over)."""
 
         def on_answer(answer: Answer) -> None:
             reply, logged, outcome = self._reply_for(answer, request, peer)

@@ -16,6 +16,7 @@ from prguard.broker.admission import Admission, Admitted, Peer, PeerLog, tenant_
 from prguard.broker.connection import Connection
 from prguard.broker.limits import Limits
 from prguard.broker.loop import EPOLLIN, Loop
+from prguard.broker.multipath import Multipath
 from prguard.broker.requests import Requests, cdb_text, sense_text
 from prguard.broker.stats import Stats
 from prguard.broker.trace import Tracer
@@ -72,11 +73,11 @@ class Server:
     """Serves QEMU clients on the loop until told to stop."""
 
     def __init__(self, loop: Loop, worker: WorkerClient, tracer: Tracer, limits: Limits,
-                 stats: Stats) -> None:
+                 stats: Stats, multipath: Multipath | None = None) -> None:
         self.loop = loop
         self.tracer = tracer
         self.stats = stats
-        self.requests = Requests(worker, tracer, stats, loop.time)
+        self.requests = Requests(worker, tracer, stats, loop.time, multipath)
         self.message_deadlines = loop.deadlines(limits.message_deadline, self._message_overdue)
         self.reply_deadlines = loop.deadlines(limits.reply_deadline, self._reply_overdue)
         self._backoff = loop.deadlines(ACCEPT_BACKOFF, self._backoff_over)

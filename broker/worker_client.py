@@ -79,8 +79,8 @@ class WorkerClient:
         self._last_id = 0
         self._pending: dict[int, OnAnswer] = {}
         self._deadlines = loop.deadlines(deadline, self._expired)
-        #: requests the channel had no room for yet: (payload, fd we own, id)
-        self._backlog: list[tuple[bytes, int, int]] = []
+        #: requests the channel had no room for yet: (payload, fd, id, whether we own it)
+        self._backlog: list[tuple[bytes, int, int, bool]] = []
         self.lost: str | None = None
         self.on_lost: Callable[[str], None] = lambda reason: None
         #: the id of the last liveness probe sent, and who hears its answer
@@ -94,12 +94,15 @@ class WorkerClient:
     def in_flight(self) -> int:
         return len(self._pending)
 
-    def forward(self, cdb: bytes, data: bytes, fd: int, on_answer: OnAnswer) -> None:
+    def forward(self, cdb: bytes, data: bytes, fd: int, on_answer: OnAnswer,
+                owned: bool = True) -> None:
         """Send one validated request with `fd`, which this call takes over (it is
-        closed once it is in the datagram). `on_answer` is called exactly once, from the
-        loop, unless the request is cancelled."""
+        closed once it is in the datagram) unless not `owned` (a multipath map's path fd,
+        which the broker keeps). `on_answer` is called exactly once, from the loop,
+        unless the request is cancelled."""
         if self.lost is not None:
-            os.close(fd)
+            if owned:
+                os.close(fd)
             on_answer(WorkerLost(self.lost))
             return
         request_id = next(self._ids)
@@ -107,14 +110,14 @@ class WorkerClient:
         payload = SgIoRequest(request_id, cdb, data).encode()
         self._pending[request_id] = on_answer
         self._deadlines.add(request_id, self._loop.time())
-        if self._backlog or not self._try_send(payload, fd):
+        if self._backlog or not self._try_send(payload, fd, owned):
             if not self._backlog:
                 self._loop.modify(self._fd, EPOLLIN | EPOLLOUT)
-            self._backlog.append((payload, fd, request_id))
+            self._backlog.append((payload, fd, request_id, owned))
 
-    def _try_send(self, payload: bytes, fd: int) -> bool:
-        """Send and close our `fd`; False if the channel is full (nothing sent, the fd
-        still ours). A failed channel loses the worker."""
+    def _try_send(self, payload: bytes, fd: int, owned: bool) -> bool:
+        """Send and close our `fd` (if `owned`); False if the channel is full (nothing
+        sent, the fd still ours). A failed channel loses the worker."""
         try:
             fdpass.send_message(self._channel, payload, fd)
         except BlockingIOError:
@@ -122,18 +125,21 @@ class WorkerClient:
         except OSError as exc:
             if self._backlog and self._backlog[0][1] == fd:
                 self._backlog.pop(0)
-            os.close(fd)
+            if owned:
+                os.close(fd)
             self._lose(f"cannot write to the worker: {exc.strerror}")
             return True
-        os.close(fd)
+        if owned:
+            os.close(fd)
         return True
 
     def _flush_backlog(self) -> None:
         while self._backlog and self.lost is None:
-            payload, fd, request_id = self._backlog[0]
+            payload, fd, request_id, owned = self._backlog[0]
             if request_id not in self._pending:  # given up on meanwhile
-                os.close(fd)
-            elif not self._try_send(payload, fd):
+                if owned:
+                    os.close(fd)
+            elif not self._try_send(payload, fd, owned):
                 return
             if self._backlog and self._backlog[0][1] == fd:
                 self._backlog.pop(0)
@@ -213,8 +219,9 @@ class WorkerClient:
             return
         self.lost = reason
         self._loop.unregister(self._fd)
-        for _, fd, _ in self._backlog:
-            os.close(fd)
+        for _, fd, _, owned in self._backlog:
+            if owned:
+                os.close(fd)
         self._backlog.clear()
         pending, self._pending = self._pending, {}
         for request_id, on_answer in pending.items():

@@ -27,6 +27,8 @@ DEFAULT_PIDFILE = "/var/run/qemu-pr-helper.pid"
 DEFAULT_SG_TIMEOUT = 30.0
 DEFAULT_SG_THREADS = 16
 DEFAULT_SG_PER_DEVICE = 4
+MULTIPATH_MODES = ("auto", "on", "off")
+DEFAULT_MULTIPATH_GROUP = "disk"
 
 #: -u/-g value meaning "keep the current id" (uid_t)-1, accepted as the C helper does.
 NO_CHANGE = 2**32 - 1
@@ -137,13 +139,30 @@ OPTION_GROUPS = (
                    "replaced atomically, so a reader never sees part of it. The directory "
                    "must be writable by the -u user: prguard swaps the file with a spare "
                    "it keeps next to it, .NAME.next."),
+        Option("multipath", arg="auto|on|off",
+               help=("serve dm-multipath maps on every path (default auto:",
+                     "on when the dm_multipath module is loaded)"),
+               man="With multipath on, a request on a device-mapper map is served on the "
+                   "map's paths: REGISTER reaches every path, the other service actions "
+                   "behave as on one path, and a path that is down is registered when it "
+                   "is back (docs/MULTIPATH.md). A third process, the path opener, checks "
+                   "each map and opens its paths for writing: it runs as the -u/-g user "
+                   "with the group of --multipath-group and no capability. A map that is "
+                   "not a multipath map over whole SCSI disks is refused as a partition "
+                   "is. Off: a map is served as the C helper serves it, through whichever "
+                   "path the map picks."),
+        Option("multipath-group", arg="GROUP",
+               help=(f"group that may open the paths (default {DEFAULT_MULTIPATH_GROUP})",),
+               man="The supplementary group the path opener keeps, so that it can open the "
+                   "path nodes (/dev/sdX, usually root:disk 0660). A name or a numeric "
+                   "gid. Not used without -u/-g."),
         Option("check-policy", arg="FILE",
                help=("check a tenant policy file, print its rules and exit",),
                man="Reads FILE as --policy would and prints the rules in force, in the "
                    "order they are tried, with the line each starts on; exit status 0. A "
                    "file that cannot be used is one line naming its line and the problem, "
                    "and exit status 1."),
-        Option("print-seccomp", arg="broker|worker|janitor",
+        Option("print-seccomp", arg="broker|worker|janitor|opener",
                help=("print that process's compiled seccomp filter and exit",),
                man="libseccomp's PFC text of the filter, with stand-ins for the values each "
                    "process fills in at start-up."),
@@ -196,6 +215,8 @@ class Options:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_per_peer: int = DEFAULT_MAX_PER_PEER
     client_timeout: float = DEFAULT_MESSAGE_DEADLINE
+    multipath: str = "auto"
+    multipath_group: str = DEFAULT_MULTIPATH_GROUP
 
     @property
     def log_level(self) -> int:
@@ -286,9 +307,17 @@ def _apply(opts: Options, key: str, value: str | None, warn: Callable[[str], Non
         assert value is not None
         opts.sg_threads = int(_positive(key, value, int))
     elif key == "print-seccomp":
-        if value not in ("broker", "worker", "janitor"):
-            raise UsageError(f"--print-seccomp takes broker, worker or janitor, not '{value}'")
+        if value not in ("broker", "worker", "janitor", "opener"):
+            raise UsageError("--print-seccomp takes broker, worker, janitor or opener, "
+                             f"not '{value}'")
         opts.print_seccomp = value
+    elif key == "multipath":
+        if value not in MULTIPATH_MODES:
+            raise UsageError(f"--multipath takes auto, on or off, not '{value}'")
+        opts.multipath = value
+    elif key == "multipath-group":
+        assert value is not None
+        opts.multipath_group = value
     elif key == "check-policy":
         opts.check_policy = value
     elif key == "metrics-file":

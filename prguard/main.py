@@ -1,8 +1,9 @@
 """`prguard`: the start-up sequence, in the C helper's order where it is visible.
 
 1. options; 2. tracing; 3. the socket (activation or -k); 4. -d; 5. pidfile (with -d or
--f); 6. fork: the child becomes the worker, this process the broker; each drops its own
-privileges; 7. serve. Any start-up error is one line on stderr and exit status 1.
+-f); 6. fork: the child becomes the worker (and, with multipath on, a second child the
+path opener), this process the broker; each drops its own privileges; 7. serve. Any
+start-up error is one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import os
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 from typing import TextIO
 
 from prguard import __version__, cli, daemon, listen, logs, trace_option
 from prguard.broker import main as broker_main
+from prguard.opener import main as opener_main
 from prguard.shared import fdpin, landlock, policy_file, sandbox
 from prguard.shared.policy import PolicyError
 from prguard.shared.privileges import Identity
@@ -28,6 +31,31 @@ def _identity(opts: cli.Options) -> Identity | None:
         return None
     return Identity(uid=os.getuid() if opts.uid is None else opts.uid,
                     gid=os.getgid() if opts.gid is None else opts.gid)
+
+
+@dataclass(frozen=True)
+class MultipathSetup:
+    #: the path opener's supplementary groups
+    groups: tuple[int, ...]
+
+
+SYS_MODULE_DM_MULTIPATH = "/sys/module/dm_multipath"
+
+
+def _multipath(opts: cli.Options, identity: Identity | None) -> MultipathSetup | None:
+    """--multipath resolved: None when off; UsageError for what cannot be served."""
+    if opts.multipath == "off":
+        return None
+    if opts.multipath == "auto" and not os.path.isdir(SYS_MODULE_DM_MULTIPATH):
+        return None
+    groups: tuple[int, ...] = ()
+    if identity is not None:
+        try:
+            groups = (cli.resolve_group(opts.multipath_group),)
+        except cli.UsageError:
+            raise cli.UsageError(f"--multipath-group: no group '{opts.multipath_group}' "
+                                 "(the group of the path nodes, /dev/sdX)") from None
+    return MultipathSetup(groups)
 
 
 def _trace_sink(spec: trace_option.TraceSpec) -> TextIO | None:
@@ -54,14 +82,15 @@ def _report(prog: str, exc: cli.UsageError) -> None:
 
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-#: Tests only (docs/SECURITY.md): `broker:SYSCALL` or `worker:SYSCALL` makes that process
-#: attempt a call its policy forbids right after loading its filter, and die of it.
+#: Tests only (docs/SECURITY.md): `broker:SYSCALL` (or worker:, opener:) makes that
+#: process attempt a call its policy forbids right after loading its filter, and die of it.
 PROBE_VARIABLE = "PRGUARD_SECCOMP_PROBE"
 #: Stand-ins for the values each process fills in at start-up, in --print-seccomp output.
 PRINT_VARIABLES: dict[str, int | None] = {
     "TRACE_FD": 1002, "WAKEUP_FD": 1003, "CHANNEL_FD": 1004, "METRICS_DIR_FD": 1005,
     "METRICS_A_FD": 1006, "METRICS_B_FD": 1007, "JANITOR_FD": 1008, "CONN_FD": 1009,
-    "DIR_FD": 1010, "FD_BOUNDARY": 1024, "WORKER_PID": 99999,
+    "DIR_FD": 1010, "OPENER_FD": 1011, "FD_BOUNDARY": 1024, "WORKER_PID": 99999,
+    "OPENER_PID": 99998,
 }
 
 
@@ -96,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             logs.out(policy_file.read_policy(opts.check_policy).describe())
             return 0
         trace_sink = _trace_sink(opts.trace)
+        multipath = _multipath(opts, _identity(opts))
     except cli.UsageError as exc:
         _report(prog, exc)
         return 1
@@ -129,19 +159,32 @@ def main(argv: list[str] | None = None) -> int:
                 listener.socket_file.remove()
             return 1
     try:
-        # Both processes confine file access with Landlock as well as seccomp, and never
-        # serve without it: say so once, here, rather than from each process.
+        # Every process confines file access with Landlock as well as seccomp, and never
+        # serves without it: say so once, here, rather than from each process.
         landlock.require()
     except landlock.LandlockError as exc:
         logs.line(f"{name}: {exc}")
         if listener.socket_file is not None:
             listener.socket_file.remove()
         return 1
-    return _fork_pair(opts, listener, trace_sink, pidfile_fd)
+    return _fork_pair(opts, listener, trace_sink, pidfile_fd, multipath)
+
+
+def _fork_opener(identity: Identity | None, setup: MultipathSetup, probe: str | None,
+                 ) -> tuple[int, socket.socket]:
+    """The path opener, forked before the broker drops; its pid and the broker's end."""
+    broker_end, opener_end = socket.socketpair(
+        socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        opener_main.serve(opener_end, opener_main.OpenerConfig(
+            identity=identity, groups=setup.groups, seccomp_probe=probe))
+    opener_end.close()
+    return pid, broker_end
 
 
 def _fork_pair(opts: cli.Options, listener: listen.Listener, trace_sink: TextIO | None,
-               pidfile_fd: int | None) -> int:
+               pidfile_fd: int | None, multipath: MultipathSetup | None) -> int:
     identity = _identity(opts)
     probe = os.environ.pop(PROBE_VARIABLE, "")
     probe_role, _, probe_call = probe.partition(":")
@@ -166,6 +209,11 @@ def _fork_pair(opts: cli.Options, listener: listen.Listener, trace_sink: TextIO 
             seccomp_probe=probe_call if probe_role == "worker" else None,
         ))
     worker_end.close()
+    opener = None
+    if multipath is not None:
+        opener_pid, opener_end = _fork_opener(
+            identity, multipath, probe_call if probe_role == "opener" else None)
+        opener = broker_main.OpenerLink(opener_pid, opener_end)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     return broker_main.run(listener.sock, broker_end, broker_main.BrokerConfig(
         identity=identity, socket_file=listener.socket_file, worker_pid=pid,
@@ -176,6 +224,7 @@ def _fork_pair(opts: cli.Options, listener: listen.Listener, trace_sink: TextIO 
             worker_deadline=opts.sg_timeout + broker_main.WORKER_GRACE),
         metrics_path=opts.metrics_file, version=__version__, flush_logs=logs.flush_suppressed,
         seccomp_probe=probe_call if probe_role == "broker" else None,
+        opener=opener,
     ))
 
 

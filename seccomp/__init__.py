@@ -1,4 +1,5 @@
-"""The seccomp policies, as data: `worker.policy`, `broker.policy` and `janitor.policy`
+"""The seccomp policies, as data: `worker.policy`, `broker.policy`, `janitor.policy` and
+`opener.policy`
 beside this file.
 
 Installed as the package `prguard.seccomp` so the policies travel with the code; read
@@ -7,7 +8,7 @@ with `policy_text(role)` before a process locks itself down.
 
 from importlib import resources
 
-ROLES = ("broker", "worker", "janitor")
+ROLES = ("broker", "worker", "janitor", "opener")
 
 
 def policy_text(role: str) -> str:

@@ -1,4 +1,5 @@
-"""THE broker<->worker message schema: one closed MsgType, one frozen class per message.
+"""THE channel message schema: one closed MsgType, one frozen class per message, for both
+of the broker's channels (to the worker, and to the path opener of dm-multipath maps).
 
 Wire form: one SOCK_SEQPACKET datagram per message, a msgpack array
 [VERSION, MsgType, <fields in the class's order>]; the device fd, where there is one,
@@ -11,6 +12,7 @@ carries its request id.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, ClassVar
@@ -36,9 +38,13 @@ class MsgType(IntEnum):
     SGIO_RESULT = 0x11  #: worker -> broker: the command ran; its reply
     REFUSED = 0x13  #: worker -> broker: re-validation refused the request; status, sense
     MALFORMED = 0x15  #: worker -> broker: a datagram it could not decode at all
-    READY = 0x17  #: worker -> broker, once: privileges dropped, serving
+    READY = 0x17  #: worker or opener -> broker, once: privileges dropped, serving
     PROBE = 0x18  #: broker -> worker: a liveness probe, no fd (the watchdog)
     ALIVE = 0x19  #: worker -> broker: a thread free of devices took the probe
+    MAP_REQUEST = 0x20  #: broker -> opener, with a map's fd: check it, open its paths
+    MAP_PATHS = 0x21  #: opener -> broker: the map's uuid and paths; PATH_FDs follow
+    PATH_FD = 0x23  #: opener -> broker, with one path's fd (write-only)
+    MAP_REFUSED = 0x25  #: opener -> broker: not a map prguard serves, and why
 
 
 class Message:
@@ -236,9 +242,172 @@ class Alive(Message):
         return cls(*body)
 
 
+#: Most paths a map may have (dm-multipath maps have a handful; 64 bounds a message).
+MAX_PATHS = 64
+#: Longest kernel name of a block device (DISK_NAME_LEN).
+NAME_SIZE = 32
+_RDEV = struct.Struct(">Q")
+_PATH_RECORD = struct.Struct(f">QB{NAME_SIZE}s")  # rdev, flags (bit 0: live), name
+MAX_UUID = 128  #: DM_UUID_LEN less its NUL
+
+
+def _printable_ascii(text: str) -> bool:
+    """Names that go into log lines: no control characters (no forged lines)."""
+    return text.isascii() and text.isprintable()
+
+
+def _check_rdev(name: str, value: object) -> None:
+    _check_int(name, value, 0, 2**64 - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class MapRequest(Message):
+    """Check the attached fd is a dm-multipath map prguard serves; list its paths; open
+    write-only every live path whose device number is not in `have` (the broker holds
+    those already) and send each as a PathFd. Nothing is opened for a read-only map fd."""
+
+    TYPE: ClassVar[MsgType] = MsgType.MAP_REQUEST
+    FIELDS: ClassVar[int] = 2
+    id: int
+    have: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _check_int("id", self.id, 0, MAX_ID)
+        if type(self.have) is not tuple or len(self.have) > MAX_PATHS:
+            raise ChannelError(f"have must be a tuple of at most {MAX_PATHS} device numbers")
+        for rdev in self.have:
+            _check_rdev("have", rdev)
+
+    def body(self) -> Body:
+        return (self.id, b"".join(_RDEV.pack(rdev) for rdev in self.have))
+
+    @classmethod
+    def from_body(cls, body: Body) -> MapRequest:
+        id_, have = body
+        _check_bytes("have", have, 0, MAX_PATHS * _RDEV.size)
+        if len(have) % _RDEV.size:
+            raise ChannelError("have is not a whole number of device numbers")
+        return cls(id_, tuple(rdev for (rdev,) in _RDEV.iter_unpack(have)))
+
+
+@dataclass(frozen=True, slots=True)
+class PathState:
+    """One path of a map: its device number, kernel name, and whether it is usable now
+    (its SCSI device is running and, when it was to be opened, it could be)."""
+
+    rdev: int
+    name: str
+    live: bool
+
+    def __post_init__(self) -> None:
+        _check_rdev("rdev", self.rdev)
+        if (type(self.name) is not str or not _printable_ascii(self.name)
+                or not 0 < len(self.name) <= NAME_SIZE or "/" in self.name):
+            raise ChannelError("path name must be a kernel device name")
+        if type(self.live) is not bool:
+            raise ChannelError("live must be a bool")
+
+
+@dataclass(frozen=True, slots=True)
+class MapPaths(Message):
+    """The answer to a MapRequest for a map prguard serves: its dm uuid, its paths in
+    device-number order, and how many PathFd datagrams follow (one per path opened)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.MAP_PATHS
+    FIELDS: ClassVar[int] = 4
+    id: int
+    uuid: str
+    paths: tuple[PathState, ...]
+    fds: int
+
+    def __post_init__(self) -> None:
+        _check_int("id", self.id, 0, MAX_ID)
+        if (type(self.uuid) is not str or not 0 < len(self.uuid) <= MAX_UUID
+                or not _printable_ascii(self.uuid)):
+            raise ChannelError(f"uuid must be 1..{MAX_UUID} printable ASCII characters")
+        if (type(self.paths) is not tuple or not 0 < len(self.paths) <= MAX_PATHS
+                or any(type(p) is not PathState for p in self.paths)):
+            raise ChannelError(f"paths must be 1..{MAX_PATHS} PathStates")
+        rdevs = [p.rdev for p in self.paths]
+        if rdevs != sorted(set(rdevs)):
+            raise ChannelError("paths must be in device-number order, each once")
+        _check_int("fds", self.fds, 0, len(self.paths))
+
+    def body(self) -> Body:
+        packed = b"".join(_PATH_RECORD.pack(p.rdev, int(p.live), p.name.encode("ascii"))
+                          for p in self.paths)
+        return (self.id, self.uuid, packed, self.fds)
+
+    @classmethod
+    def from_body(cls, body: Body) -> MapPaths:
+        id_, uuid, packed, fds = body
+        _check_bytes("paths", packed, _PATH_RECORD.size, MAX_PATHS * _PATH_RECORD.size)
+        if len(packed) % _PATH_RECORD.size:
+            raise ChannelError("paths is not a whole number of records")
+        paths = []
+        for rdev, flags, raw in _PATH_RECORD.iter_unpack(packed):
+            name = raw.rstrip(b"\0")
+            if flags not in (0, 1) or b"\0" in name:
+                raise ChannelError("malformed path record")
+            try:
+                text = name.decode("ascii")
+            except UnicodeDecodeError:
+                raise ChannelError("path name is not ASCII") from None
+            paths.append(PathState(rdev, text, bool(flags)))
+        return cls(id_, uuid, tuple(paths), fds)
+
+
+@dataclass(frozen=True, slots=True)
+class PathFd(Message):
+    """One opened path of the MapRequest `id`, its fd attached."""
+
+    TYPE: ClassVar[MsgType] = MsgType.PATH_FD
+    FIELDS: ClassVar[int] = 2
+    id: int
+    rdev: int
+
+    def __post_init__(self) -> None:
+        _check_int("id", self.id, 0, MAX_ID)
+        _check_rdev("rdev", self.rdev)
+
+    def body(self) -> Body:
+        return (self.id, self.rdev)
+
+    @classmethod
+    def from_body(cls, body: Body) -> PathFd:
+        return cls(*body)
+
+
+@dataclass(frozen=True, slots=True)
+class MapRefused(Message):
+    """The MapRequest's fd is not a map prguard serves (or its paths are not all whole
+    SCSI disks); nothing was opened. `not_device_mapper`: certainly no device-mapper
+    device at all (the broker then serves it as any disk, and its major from then on)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.MAP_REFUSED
+    FIELDS: ClassVar[int] = 3
+    id: int
+    reason: str
+    not_device_mapper: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("id", self.id, 0, MAX_ID)
+        _check_reason(self.reason)
+        if type(self.not_device_mapper) is not bool:
+            raise ChannelError("not_device_mapper must be a bool")
+
+    def body(self) -> Body:
+        return (self.id, self.reason, self.not_device_mapper)
+
+    @classmethod
+    def from_body(cls, body: Body) -> MapRefused:
+        return cls(*body)
+
+
 _CLASSES: dict[int, type[Message]] = {
     cls.TYPE.value: cls
-    for cls in (SgIoRequest, SgIoResult, Refused, Malformed, Ready, Probe, Alive)
+    for cls in (SgIoRequest, SgIoResult, Refused, Malformed, Ready, Probe, Alive, MapRequest,
+                MapPaths, PathFd, MapRefused)
 }
 _DECODE_ERRORS = (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
                   msgpack.StackError)

@@ -4,7 +4,8 @@ The recipe (order matters, each step measured on Linux 6.x):
 1. refuse unless single-threaded: capabilities are per thread;
 2. lock `noroot` securebits and keep_caps, empty the bounding set: needs CAP_SETPCAP,
    so before anything else is given up;
-3. drop supplementary groups, then switch gid and uid;
+3. set the supplementary groups (none, or the path opener's one), then switch gid and
+   uid;
 4. inheritable and ambient sets emptied, permitted cut to `keep`, effective re-raised to
    `keep` (keep_caps preserves permitted only);
 5. keep_caps off, non-dumpable, no_new_privs; the caller sets its parent-death signal
@@ -59,8 +60,10 @@ def _thread_count() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-def drop(identity: Identity | None, keep: tuple[str, ...]) -> None:
-    """Become `identity` (or stay as we are) holding exactly `keep` (cap names)."""
+def drop(identity: Identity | None, keep: tuple[str, ...],
+         groups: tuple[int, ...] = ()) -> None:
+    """Become `identity` (or stay as we are) holding exactly `keep` (cap names), with
+    exactly the supplementary `groups`."""
     if _thread_count() != 1:
         raise PrivilegeError("Failed to drop privileges: more than one thread")
     try:
@@ -70,7 +73,7 @@ def drop(identity: Identity | None, keep: tuple[str, ...]) -> None:
         prctl.securebits.noroot_locked = True
         prctl.capbset.limit()
         clear_ambient()
-        os.setgroups([])
+        os.setgroups(list(groups))
         if identity is not None:
             os.setresgid(identity.gid, identity.gid, identity.gid)
             os.setresuid(identity.uid, identity.uid, identity.uid)
@@ -86,7 +89,7 @@ def drop(identity: Identity | None, keep: tuple[str, ...]) -> None:
     except (OSError, ValueError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise PrivilegeError(f"Failed to drop privileges: {detail}") from None
-    verify(identity, keep)
+    verify(identity, keep, groups)
 
 
 def expected_mask(keep: tuple[str, ...]) -> int:
@@ -96,7 +99,8 @@ def expected_mask(keep: tuple[str, ...]) -> int:
     return mask
 
 
-def verify(identity: Identity | None, keep: tuple[str, ...]) -> None:
+def verify(identity: Identity | None, keep: tuple[str, ...],
+           groups: tuple[int, ...] = ()) -> None:
     status = proc_status()
     want = expected_mask(keep)
     problems = []
@@ -106,8 +110,8 @@ def verify(identity: Identity | None, keep: tuple[str, ...]) -> None:
             problems.append(f"{field} {status[field]}")
     if status.get("NoNewPrivs") != "1":
         problems.append("NoNewPrivs not set")
-    if status.get("Groups", "").strip():
-        problems.append("supplementary groups remain")
+    if sorted(int(g) for g in status.get("Groups", "").split()) != sorted(set(groups)):
+        problems.append(f"supplementary groups {status.get('Groups', '').strip() or 'none'}")
     if identity is not None:
         if set(status["Uid"].split()) != {str(identity.uid)}:
             problems.append(f"Uid {status['Uid']}")

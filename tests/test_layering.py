@@ -10,7 +10,7 @@ from lab.processes import REPO
 
 #: Source directories of the installed packages; prguard/ itself is the launcher (its
 #: subpackage entries are links to these directories).
-PACKAGES = ("shared", "broker", "worker", "prguard", "client", "audit", "seccomp")
+PACKAGES = ("shared", "broker", "worker", "opener", "prguard", "client", "audit", "seccomp")
 
 
 #: Top-level directories that are not installed: the lab (VM harness, helper processes,
@@ -69,13 +69,19 @@ def test_packages_import_each_other_only_through_the_prguard_namespace() -> None
 
 
 def test_shared_imports_neither_side() -> None:
-    assert not imports("shared") & {"broker", "worker", "prguard", "client", "audit"}
+    assert not imports("shared") & {"broker", "worker", "opener", "prguard", "client", "audit"}
 
 
 def test_broker_and_worker_never_import_each_other() -> None:
     assert "worker" not in imports("broker")
     assert "broker" not in imports("worker")
     assert not (imports("broker") | imports("worker")) & {"prguard", "client", "audit"}
+
+
+def test_the_path_opener_imports_no_other_process() -> None:
+    """It shares the message schema and sysfs reading with the others, nothing more."""
+    assert not imports("opener") & {"broker", "worker", "prguard", "client", "audit"}
+    assert "opener" not in imports("broker") | imports("worker")
 
 
 def test_the_operator_client_uses_only_shared() -> None:
@@ -94,10 +100,11 @@ def _entry_point_names(module: str) -> set[str]:
     return set(names)
 
 
-def test_the_launcher_uses_only_the_entry_points_of_broker_and_worker() -> None:
+def test_the_launcher_uses_only_the_entry_points_of_the_processes() -> None:
     """prguard/*.py configures and starts each process through its main module, and
     uses only what that module names in __all__."""
-    entry = {"prguard.broker": "prguard.broker.main", "prguard.worker": "prguard.worker.main"}
+    entry = {"prguard.broker": "prguard.broker.main", "prguard.worker": "prguard.worker.main",
+             "prguard.opener": "prguard.opener.main"}
     for path in files("prguard"):
         tree = ast.parse(path.read_text())
         aliases: dict[str, str] = {}  # local name -> entry-point module
@@ -164,8 +171,10 @@ def test_one_ioctl_call_site() -> None:
 
 
 #: What a message field may hold: immutable scalars, nothing ad hoc (no dict, list, Any),
-#: or the reply triple, itself a frozen class of such scalars (checked below as well).
-FIELD_TYPES = {"int", "bytes", "str", "bool", "PrReply"}
+#: the reply triple or a map's path, themselves frozen classes of such scalars (checked
+#: below as well), or tuples of those.
+FIELD_TYPES = {"int", "bytes", "str", "bool", "PrReply", "tuple[int, ...]",
+               "tuple[PathState, ...]"}
 
 
 def test_every_message_class_is_frozen_and_plainly_typed() -> None:
@@ -181,6 +190,9 @@ def test_every_message_class_is_frozen_and_plainly_typed() -> None:
                     assert f.type in FIELD_TYPES, (obj, f.name, f.type)
                     if f.type == "PrReply":
                         assert {g.type for g in fields(scsi.PrReply)} <= {"int", "bytes"}
+                    if f.type == "tuple[PathState, ...]":
+                        assert {g.type for g in fields(messages.PathState)} <= {
+                            "int", "str", "bool"}
                 checked.append(obj.__name__)
     assert {"SgIoRequest", "SgIoResult", "Refused", "PrRequest", "PrReply"} <= set(checked)
 

@@ -57,6 +57,19 @@ def test_proc_status_as_root(prguard: Helper) -> None:
     assert_confined(worker, CAP_SYS_RAWIO, 0, 0)
 
 
+def test_proc_status_with_user_and_group_and_multipath(sockdir: Path) -> None:
+    """The opener does not change the other two (its own state: tests/test_opener.py)."""
+    os.chmod(sockdir, 0o777)
+    helper = start_helper(PRGUARD, str(sockdir / "m.sock"), "-u", "nobody", "-g", "nogroup",
+                          "--multipath=on", timeout=30)
+    try:
+        assert_confined(helper.pid, 0, 65534, 65534)
+        capabilities = sorted(int(proc_status(k)["CapEff"], 16) for k in children(helper.pid))
+        assert capabilities == [0, CAP_SYS_RAWIO]
+    finally:
+        helper.stop()
+
+
 def test_proc_status_with_user_and_group(nobody: Helper) -> None:
     (worker,) = children(nobody.pid)
     assert_confined(nobody.pid, 0, 65534, 65534)
@@ -76,8 +89,9 @@ def forbidden(role: str) -> list[str]:
 
 def start_with_probe(sockdir: Path, role: str, spec: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PRGUARD_SECCOMP_PROBE=f"{role}:{spec}")
-    return subprocess.Popen([*PRGUARD, "-k", str(sockdir / "p.sock")], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    extra = ["--multipath=on"] if role == "opener" else []
+    return subprocess.Popen([*PRGUARD, "-k", str(sockdir / "p.sock"), *extra], env=env,
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +141,22 @@ def test_worker_dies_on_each_forbidden_syscall(sockdir: Path, audit: SeccompAudi
     assert after == (
         "prguard: the worker failed to start (killed by SIGSYS: a system call outside its "
         "seccomp policy); exiting\n")
+
+
+@pytest.mark.parametrize("spec", forbidden("opener"))
+def test_opener_dies_on_each_forbidden_syscall(sockdir: Path, audit: SeccompAudit,
+                                               spec: str) -> None:
+    proc = start_with_probe(sockdir, "opener", spec)
+    assert proc.wait(30) == 1  # the broker exits non-zero, saying why
+    assert proc.stderr is not None
+    text = proc.stderr.read().decode()
+    # --multipath=on where device-mapper is not loaded says so first (this host)
+    text = text.partition("restarted\n")[2] if "device-mapper is not loaded" in text else text
+    pid, after = killed_by_its_probe(audit, text, spec)
+    assert pid != proc.pid
+    assert after == (
+        "prguard: the path opener failed to start (killed by SIGSYS: a system call outside "
+        "its seccomp policy); exiting\n")
 
 
 def test_probe_of_an_allowed_call_would_be_reported(sockdir: Path) -> None:

@@ -12,8 +12,13 @@ from prguard.shared.messages import (
     MAX_MESSAGE_SIZE,
     VERSION,
     Malformed,
+    MapPaths,
+    MapRefused,
+    MapRequest,
     Message,
     MsgType,
+    PathFd,
+    PathState,
     Ready,
     Refused,
     SgIoRequest,
@@ -30,6 +35,12 @@ SAMPLES: list[Message] = [
     Refused(9, 2, bytes(96), "PR OUT on a read-only fd"),
     Malformed("unknown message type"),
     Ready(1234),
+    MapRequest(3, ()),
+    MapRequest(4, tuple(range(64))),
+    MapPaths(5, "mpath-36001405aa", (PathState(2064, "sdb", True),
+                                     PathState(2080, "s" * 32, False)), 1),
+    PathFd(6, 2**64 - 1),
+    MapRefused(7, "254:3 is not a device-mapper map"),
 ]
 
 
@@ -41,9 +52,9 @@ def test_round_trip(message: Message) -> None:
 
 
 def test_types_pair_requests_even_with_answers_odd() -> None:
-    broker_to_worker = {MsgType.SGIO_REQUEST, MsgType.PROBE}
-    assert all(t % 2 == 0 for t in broker_to_worker)
-    assert all(t % 2 == 1 for t in MsgType if t not in broker_to_worker)
+    requests = {MsgType.SGIO_REQUEST, MsgType.PROBE, MsgType.MAP_REQUEST}
+    assert all(t % 2 == 0 for t in requests)
+    assert all(t % 2 == 1 for t in MsgType if t not in requests)
 
 
 def pack(body: object) -> bytes:
@@ -89,6 +100,31 @@ BAD: list[tuple[str, bytes]] = [
     ("status bool", pack([1, 0x11, 1, False, bytes(96), b""])),
     ("long reason", pack([1, 0x15, "x" * 201])),
     ("ext type", b"\xd4\x01\x00"),
+    ("have not whole", pack([1, 0x20, 1, bytes(9)])),
+    ("have 65 paths", pack([1, 0x20, 1, bytes(8 * 65)])),
+    ("paths empty", pack([1, 0x21, 1, "mpath-x", b"", 0])),
+    ("paths not whole", pack([1, 0x21, 1, "mpath-x", bytes(42), 0])),
+    ("paths out of order", pack([1, 0x21, 1, "mpath-x", MapPaths(
+        1, "m", (PathState(2, "sdb", True), PathState(3, "sdc", True)), 0).body()[2][41:]
+        + MapPaths(1, "m", (PathState(2, "sdb", True),), 0).body()[2], 0])),
+    ("path twice", pack([1, 0x21, 1, "mpath-x", MapPaths(
+        1, "m", (PathState(2, "sdb", True),), 0).body()[2] * 2, 0])),
+    ("path live 2", pack([1, 0x21, 1, "mpath-x", bytes(8) + b"\x02" + b"sdb".ljust(32, b"\0"),
+                          0])),
+    ("path no name", pack([1, 0x21, 1, "mpath-x", bytes(41), 0])),
+    ("path name slash", pack([1, 0x21, 1, "mpath-x",
+                              bytes(8) + b"\x01" + b"../sda".ljust(32, b"\0"), 0])),
+    ("path name with nul", pack([1, 0x21, 1, "mpath-x",
+                                 bytes(8) + b"\x01" + b"sd\0a".ljust(32, b"\0"), 0])),
+    ("more fds than paths", pack([1, 0x21, 1, "mpath-x", MapPaths(
+        1, "m", (PathState(2, "sdb", True),), 0).body()[2], 2])),
+    ("uuid empty", pack([1, 0x21, 1, "", MapPaths(
+        1, "m", (PathState(2, "sdb", True),), 0).body()[2], 0])),
+    ("rdev negative", pack([1, 0x23, 1, -1])),
+    ("path name newline", pack([1, 0x21, 1, "mpath-x",
+                                bytes(8) + b"\x01" + b"sd\nb".ljust(32, b"\0"), 0])),
+    ("uuid newline", pack([1, 0x21, 1, "mpath-x\nprguard: forged", MapPaths(
+        1, "m", (PathState(2, "sdb", True),), 0).body()[2], 0])),
 ]
 
 

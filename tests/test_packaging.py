@@ -48,9 +48,11 @@ def test_the_wheel_installs_only_under_the_prguard_namespace(built: Built) -> No
     names = zipfile.ZipFile(built.wheel).namelist()
     dist_info = f"prguard-{__version__}.dist-info/"
     assert [n for n in names if not n.startswith(("prguard/", dist_info))] == []
-    for package in ("broker", "worker", "shared", "client", "audit", "seccomp", "man"):
+    for package in ("broker", "worker", "opener", "shared", "client", "audit", "seccomp",
+                    "man"):
         assert f"prguard/{package}/__init__.py" in names
-    assert {"prguard/seccomp/broker.policy", "prguard/seccomp/worker.policy"} <= set(names)
+    assert {"prguard/seccomp/broker.policy", "prguard/seccomp/worker.policy",
+            "prguard/seccomp/opener.policy"} <= set(names)
     assert f"{dist_info}licenses/LICENSE" in names
 
 
@@ -76,7 +78,8 @@ def test_the_sdist_builds_and_installs_and_carries_no_tests(built: Built) -> Non
     tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True,
                                  text=True, check=True).stdout.split())
     wanted = {name for name in tracked if name.split("/")[0] in {
-        "broker", "worker", "shared", "client", "audit", "seccomp", "man", "systemd", "docs"}
+        "broker", "worker", "opener", "shared", "client", "audit", "seccomp", "man",
+        "systemd", "docs"}
         or re.fullmatch(r"prguard/[^/]+\.py", name)}
     wanted |= {"Makefile", "README.md", "LICENSE", "pyproject.toml", "MANIFEST.in"}
     assert wanted <= names

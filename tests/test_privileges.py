@@ -73,7 +73,7 @@ DROPPED = {"CapPrm": "0000000000020000", "CapEff": "0000000000020000",
     ("CapBnd", "000001ffffffffff", "CapBnd 000001ffffffffff"),
     ("CapAmb", "0000000000020000", "CapAmb 0000000000020000"),
     ("NoNewPrivs", "0", "NoNewPrivs not set"),
-    ("Groups", "0 4", "supplementary groups remain"),
+    ("Groups", "0 4", "supplementary groups 0 4"),
     ("Uid", "7\t0\t7\t7", "Uid 7\t0\t7\t7"),
     ("Gid", "8\t8\t8\t0", "Gid 8\t8\t8\t0"),
 ])
@@ -85,3 +85,16 @@ def test_verify_names_each_difference(monkeypatch: pytest.MonkeyPatch, field: st
     with pytest.raises(PrivilegeError) as err:
         privileges.verify(Identity(7, 8), ("sys_rawio",))
     assert str(err.value) == f"Failed to drop privileges: {noticed}"
+
+
+def test_verify_wants_exactly_the_groups_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path opener keeps one supplementary group (the path nodes'); nothing else."""
+    monkeypatch.setattr(privileges, "proc_status", lambda: {**DROPPED, "Groups": "6 "})
+    privileges.verify(Identity(7, 8), ("sys_rawio",), (6,))
+    for groups, noticed in (((), "supplementary groups 6"), ((6, 7), "supplementary groups 6")):
+        with pytest.raises(PrivilegeError) as err:
+            privileges.verify(Identity(7, 8), ("sys_rawio",), groups)
+        assert str(err.value) == f"Failed to drop privileges: {noticed}"
+    monkeypatch.setattr(privileges, "proc_status", lambda: dict(DROPPED))
+    with pytest.raises(PrivilegeError, match="supplementary groups none"):
+        privileges.verify(Identity(7, 8), ("sys_rawio",), (6,))

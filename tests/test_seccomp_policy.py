@@ -17,9 +17,12 @@ from prguard.shared.seccomp_policy import Condition, SeccompPolicyError, parse
 #: Path-taking calls Landlock does not govern (stat, readlink, ...): never allowed.
 UNCONFINABLE = ("open", "newfstatat", "statx", "stat", "lstat", "access", "faccessat",
                 "faccessat2", "readlinkat", "readlink", "openat2", "name_to_handle_at")
+#: The path opener's only open modes: a sysfs attribute, a sysfs directory, a path node
+#: write-only (O_RDONLY|O_CLOEXEC, ...|O_NONBLOCK|O_DIRECTORY, O_WRONLY|O_CLOEXEC|...).
+OPENER_OPEN_FLAGS = {0x80000, 0x90800, 0x80901}
 
 
-@pytest.mark.parametrize("role", ["broker", "worker", "janitor"])
+@pytest.mark.parametrize("role", ["broker", "worker", "janitor", "opener"])
 def test_policy_files_are_complete_and_reviewable(role: str) -> None:
     import pyseccomp
     policy = sandbox.load_seccomp_policy(role)
@@ -38,12 +41,23 @@ def test_policy_files_are_complete_and_reviewable(role: str) -> None:
         if rule.syscall == "mmap":
             assert {(c.arg, c.mask, c.value) for c in rule.conditions} == {
                 (2, 0x4, 0), (3, 0x20, 0x20)}
-    # A path is opened by the worker alone, read-only (sysfs, under Landlock).
+    # Paths are opened by the worker, read-only (sysfs, under Landlock), and by the path
+    # opener with three exact flag sets (sysfs read, path nodes write-only, under Landlock).
     opens = [r for r in policy.allowed if r.syscall == "openat"]
     if role == "worker":
         assert [str(r) for r in opens] == ["allow openat arg2 & 0xfffffffffff7ffff == 0x0"]
+    elif role == "opener":
+        assert {(c.arg, c.op, c.mask, c.value) for r in opens for c in r.conditions} == {
+            (2, "==", None, flags) for flags in OPENER_OPEN_FLAGS}
     else:
         assert opens == []
+
+
+def test_the_opener_has_no_ioctl_and_writes_only_to_stderr() -> None:
+    policy = sandbox.load_seccomp_policy("opener")
+    assert "ioctl" not in {r.syscall for r in policy.allowed}
+    assert [str(r) for r in policy.allowed if r.syscall == "write"] == [
+        "allow write arg0 == 0x2"]
 
 
 def test_worker_ioctl_is_sg_io_only() -> None:

@@ -1,0 +1,1 @@
+"""The path opener: the process that opens the paths of dm-multipath maps."""
