@@ -202,6 +202,16 @@ class _Run:
     def result(self, reply: PrReply, memory: Memory | None = None) -> Result:
         return Result(reply, memory, tuple(self.notes), frozenset(self.failed))
 
+    def ask(self, path: Path, cdb: bytes) -> Generator[
+            list[Send], list[PathOutcome], PathOutcome]:
+        """A question of prguard's own (not the guest's): a UNIT ATTENTION it draws is
+        one the guest's own command raised (a release through another path), so it is
+        asked again."""
+        outcome = yield from self.one(path, cdb)
+        if outcome.unit_attention:
+            outcome = yield from self.one(path, cdb)
+        return outcome
+
     def one(self, path: Path, cdb: bytes, data: bytes = b"") -> Generator[
             list[Send], list[PathOutcome], PathOutcome]:
         (outcome,) = yield [Send(path.rdev, cdb, data)]
@@ -246,7 +256,10 @@ class _Run:
     def run(self) -> Translation:
         memory = self.memory
         if memory is not None and memory.owed:
-            memory = yield from self.repair(memory)
+            repaired = yield from self.repair(memory)
+            if isinstance(repaired, Result):
+                return repaired
+            memory = repaired
         if self.cdb[0] == Opcode.PERSISTENT_RESERVE_IN:
             return (yield from self.pr_in(memory))
         action = service_action(self.cdb)
@@ -312,7 +325,7 @@ class _Run:
         if outcome.reply is None:
             return self.result(UNKNOWN, memory)
         if outcome.reply.status == Status.RESERVATION_CONFLICT:
-            held = yield from self.one(primary, READ_RESERVATION)
+            held = yield from self.ask(primary, READ_RESERVATION)
             if self.held_by_us(held):
                 self.notes.append(f"{primary}: the reservation is held through another "
                                   "path of this map; answered GOOD")
@@ -348,8 +361,8 @@ class _Run:
                 return self.result(UNKNOWN, memory)
             if not got[path.rdev].good and not got[path.rdev].gone:
                 return self.result(reply, memory)
-        held = yield from self.on_primary(READ_RESERVATION)
-        if held is not None and self.held_by_us(held[1]):
+        held = yield from self.ask(primary, READ_RESERVATION)
+        if self.held_by_us(held):
             unreachable = [p for p in self.live if p.rdev in self.failed] + list(self.down)
             self.notes.append("the reservation is still held, through a path that is "
                               "down: " + (", ".join(map(str, unreachable)) or "unknown"))
@@ -402,10 +415,13 @@ class _Run:
         if others:
             yield from self.each(others, READ_KEYS_SHORT, retry_unit_attention=False)
 
-    def repair(self, memory: Memory) -> Generator[list[Send], list[PathOutcome], Memory]:
+    def repair(self, memory: Memory) -> Generator[list[Send], list[PathOutcome],
+                                                    Memory | Result]:
         """Paths that owe the map's key and are live again get it, unless the host lost
         its registration meanwhile (preempted): then they get none, so a path that kept
-        an older key does not let a fenced host write."""
+        an older key does not let a fenced host write. A UNIT ATTENTION the question
+        draws is the guest's (on one path its command would have drawn it): it is the
+        answer, nothing else is done, and the repair waits for the next command."""
         back = [p for p in self.live if p.rdev in memory.owed]
         if not back:
             return memory
@@ -420,6 +436,8 @@ class _Run:
                                         + bytes([APTPL if memory.aptpl else 0]) + bytes(3))
             if probe.reply is None or probe.gone:
                 return memory
+            if probe.unit_attention:
+                return self.result(probe.reply, memory)
             if probe.reply.status == Status.RESERVATION_CONFLICT:
                 self.notes.append(f"{witness[0]}: no longer registered with {key:#x} "
                                   "(preempted meanwhile): returning paths get no key")

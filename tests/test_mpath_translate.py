@@ -375,3 +375,19 @@ def test_a_path_still_down_keeps_owing() -> None:
     assert net.sent == ["sda READ_KEYS"]
     assert result.memory == owed_b()
 
+
+
+def test_a_unit_attention_drawn_by_the_repair_is_the_guests_answer() -> None:
+    """Preempted while a path was down: the question meets the UNIT ATTENTION that on one
+    path the guest's own command would meet. It gets it; the repair waits."""
+    net = paths(sda_REGISTER=[UA])
+    result = net.run(in_cdb(0), memory=owed_b())
+    assert net.sent == ["sda REGISTER ->0xa1a1a1a1a1a1a1a1"]
+    assert result.reply == UA and result.memory == owed_b()
+
+
+def test_prguards_own_questions_ask_again_after_a_unit_attention() -> None:
+    net = paths(sdb_RELEASE=[GOOD], sda_READ_RESERVATION=[UA, reservation(K, 5)])
+    result = net.run(out_cdb(2, 5), plist(K), live=(A, B))
+    assert net.sent[2:4] == ["sda READ_RESERVATION", "sda READ_RESERVATION"]
+    assert result.reply == UNKNOWN  # the second answer counts: still held, never GOOD

@@ -28,11 +28,13 @@ from lab.processes import REPO, wait_for_service
 from prguard.client.session import Client, pr_in_cdb, pr_out_cdb
 from prguard.shared import fdpass
 from prguard.shared.messages import (
+    Alive,
     MapPaths,
     MapRefused,
     MapRequest,
     PathFd,
     PathState,
+    Probe,
     Ready,
     SgIoRequest,
     SgIoResult,
@@ -114,10 +116,20 @@ class LoneBroker:
         for rdev, fd in fds:
             fdpass.send_message(self.opener, PathFd(request.id, rdev).encode(), fd)
 
+    def to_worker(self) -> tuple[bytes, int | None]:
+        """The next datagram to the worker that is not a liveness probe (answered)."""
+        while True:
+            got = fdpass.recv_message(self.worker)
+            assert got is not None
+            message = decode(got[0])
+            if not isinstance(message, Probe):
+                return got
+            self.worker.send(Alive(message.id).encode())
+
     def sg_io(self, reply: PrReply = GOOD) -> tuple[SgIoRequest, int]:
         """The next SG_IO the worker is asked for, answered with `reply`; its device."""
-        got = fdpass.recv_message(self.worker)
-        assert got is not None and got[1] is not None
+        got = self.to_worker()
+        assert got[1] is not None
         rdev = os.fstat(got[1]).st_rdev
         flags = fcntl.fcntl(got[1], fcntl.F_GETFL)
         os.close(got[1])
@@ -205,8 +217,8 @@ def test_a_device_that_is_no_map_goes_to_the_worker_and_so_does_its_major(
     request = broker.map_request()
     broker.opener.send(MapRefused(request.id, "7:0 is not a device-mapper map", True).encode())
     for _ in range(2):  # the second: straight to the worker, the opener is not asked
-        got = fdpass.recv_message(broker.worker)
-        assert got is not None and got[1] is not None
+        got = broker.to_worker()
+        assert got[1] is not None
         assert os.fstat(got[1]).st_rdev == broker.devices.rdev(broker.devices.map)
         assert fcntl.fcntl(got[1], fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR  # the client's
         os.close(got[1])
@@ -218,8 +230,8 @@ def test_a_device_that_is_no_map_goes_to_the_worker_and_so_does_its_major(
         thread, replies = broker.start(pr_in_cdb(0, 8))
     thread.join(0.5)
     assert thread.is_alive()  # the third request: waiting for the worker, not the opener
-    got = fdpass.recv_message(broker.worker)
-    assert got is not None and got[1] is not None
+    got = broker.to_worker()
+    assert got[1] is not None
     os.close(got[1])
     forwarded = decode(got[0])
     assert isinstance(forwarded, SgIoRequest)
@@ -236,8 +248,8 @@ def test_pr_in_on_a_read_only_map_fd_goes_to_the_worker_on_the_map_itself(
     thread, replies = broker.start(pr_in_cdb(2, 8), flags=os.O_RDONLY)
     request = broker.map_request()
     broker.answer_paths(request, [])
-    got = fdpass.recv_message(broker.worker)
-    assert got is not None and got[1] is not None
+    got = broker.to_worker()
+    assert got[1] is not None
     assert os.fstat(got[1]).st_rdev == broker.devices.rdev(broker.devices.map)
     os.close(got[1])
     forwarded = decode(got[0])
