@@ -35,9 +35,11 @@ log = logging.getLogger("prguard.broker")
 #: QEMU's own reader takes up to 16 fds per message; more means MSG_CTRUNC.
 CLIENT_MAX_FDS = 16
 CLIENT_ANCILLARY = socket.CMSG_SPACE(CLIENT_MAX_FDS * 4)
-_CMSG_CLOEXEC = socket.MSG_CMSG_CLOEXEC
-_CTRUNC = socket.MSG_CTRUNC
-_GONE = select.EPOLLHUP | select.EPOLLERR
+# Plain ints: socket's flags are IntFlag members, whose operators run Python code on
+# every request.
+_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_CTRUNC = int(socket.MSG_CTRUNC)
+_GONE = int(select.EPOLLHUP | select.EPOLLERR)
 
 
 class Connection:

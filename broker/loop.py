@@ -50,11 +50,6 @@ class Deadlines:
     def discard(self, key: Hashable) -> None:
         self._due.pop(key, None)
 
-    def next_due(self) -> float | None:
-        for due in self._due.values():
-            return due
-        return None
-
     def expire(self, now: float) -> None:
         while self._due:
             key, due = next(iter(self._due.items()))
@@ -69,6 +64,9 @@ class Loop:
         self._epoll = select.epoll()
         self._handlers: dict[int, Handler] = {}
         self._deadlines: list[Deadlines] = []
+        #: each queue's dict, oldest first: the nearest deadline is read from these
+        #: directly (no method call per queue per turn)
+        self._due_maps: list[dict[Hashable, float]] = []
         self._stopped = False
         self._signal_r, self._signal_w = socket.socketpair()
         self._signals: list[int] = []
@@ -90,6 +88,7 @@ class Loop:
     def deadlines(self, duration: float, on_expiry: Callable[[Hashable], None]) -> Deadlines:
         queue = Deadlines(duration, on_expiry)
         self._deadlines.append(queue)
+        self._due_maps.append(queue._due)
         return queue
 
     # -- signals -------------------------------------------------------------------------
@@ -128,13 +127,15 @@ class Loop:
         epoll_poll = self._epoll.poll
         handlers = self._handlers
         queues = self._deadlines
+        due_maps = self._due_maps
         clock = self.time
         while not self._stopped and (until is None or not until()):
             nearest: float | None = None
-            for queue in queues:
-                due = queue.next_due()
-                if due is not None and (nearest is None or due < nearest):
-                    nearest = due
+            for due_map in due_maps:
+                if due_map:  # its first entry is its oldest (Deadlines.add)
+                    due = next(iter(due_map.values()))
+                    if nearest is None or due < nearest:
+                        nearest = due
             timeout = -1.0 if nearest is None else max(nearest - clock(), 0.0)
             for fd, events in epoll_poll(timeout, MAX_EVENTS):
                 handler = handlers.get(fd)

@@ -15,7 +15,8 @@ import os
 import platform
 import stat
 import struct
-from dataclasses import dataclass
+import threading
+from typing import NamedTuple
 
 from prguard.shared import sysfs
 from prguard.shared.rules import FdFacts, FdKind, read_only
@@ -35,10 +36,12 @@ _FSTAT_ABI = {
 _ABI = _FSTAT_ABI.get(platform.machine())
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
+_FSTAT_NUMBER = ctypes.c_long(_ABI[0] if _ABI else 0)
+#: one stat buffer per thread (the worker's threads fstat at once), made on first use
+_buffers = threading.local()
 
 
-@dataclass(frozen=True)
-class FileStatus:
+class FileStatus(NamedTuple):
     mode: int
     rdev: int
     dev: int
@@ -50,12 +53,14 @@ def fstat(fd: int) -> FileStatus:
     """fstat(2) of an open fd. Raises OSError as os.fstat does."""
     if _ABI is None:
         raise OSError(0, f"fstat layout unknown on {platform.machine()}")
-    number, size, layout, mode_at, nlink_at, rdev_at = _ABI
-    buf = ctypes.create_string_buffer(size)
-    if _libc.syscall(ctypes.c_long(number), ctypes.c_int(fd), buf) != 0:
+    _, size, layout, mode_at, nlink_at, rdev_at = _ABI
+    buf = getattr(_buffers, "stat", None)
+    if buf is None:
+        buf = _buffers.stat = ctypes.create_string_buffer(size)
+    if _libc.syscall(_FSTAT_NUMBER, ctypes.c_int(fd), buf) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    fields = layout.unpack_from(buf.raw)
+    fields = layout.unpack_from(buf)
     return FileStatus(fields[mode_at], fields[rdev_at], fields[0], fields[1],
                       fields[nlink_at])
 

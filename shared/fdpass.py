@@ -16,6 +16,9 @@ import socket
 from prguard.shared.errors import ChannelError
 from prguard.shared.messages import MAX_MESSAGE_SIZE
 
+# Plain ints: socket's IntFlag operators run Python code on every datagram.
+_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_TRUNCATED = int(socket.MSG_TRUNC | socket.MSG_CTRUNC)
 #: Control buffer room: more than we accept, so a surplus is seen (and closed), not cut.
 _ANCILLARY_FDS = 4
 ANCILLARY_SPACE = socket.CMSG_SPACE(_ANCILLARY_FDS * array.array("i").itemsize)
@@ -63,11 +66,11 @@ def recv_message(sock: socket.socket) -> tuple[bytes, int | None] | None:
     the peer has hung up).
     """
     payload, ancdata, flags, _ = sock.recvmsg(MAX_MESSAGE_SIZE + 1, ANCILLARY_SPACE,
-                                              socket.MSG_CMSG_CLOEXEC)
+                                              _CMSG_CLOEXEC)
     fds = fds_from_ancillary(ancdata)
     if not payload and not fds and peer_gone(sock):
         return None
-    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(payload) > MAX_MESSAGE_SIZE:
+    if flags & _TRUNCATED or len(payload) > MAX_MESSAGE_SIZE:
         close_all(fds)
         raise ChannelError("datagram or its control data was truncated")
     if len(fds) > 1:

@@ -66,7 +66,9 @@ class Message:
         raise NotImplementedError
 
     def encode(self) -> bytes:
-        packed: bytes = _packb((VERSION, self.TYPE.value, *self.body()))
+        # The member itself: msgpack packs an int subclass as its value, without the
+        # Python-level `.value` lookup.
+        packed: bytes = _packb((VERSION, self.TYPE, *self.body()))
         return packed
 
 

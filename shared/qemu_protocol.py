@@ -129,7 +129,9 @@ class ReadSpec(NamedTuple):
     with_fds: bool
 
 
-class State(enum.Enum):
+class State(enum.StrEnum):
+    """str-valued so that it hashes in C: `_RULES[state]` is looked up twice per request."""
+
     SEND_FEATURES = "send-features"
     RECV_FEATURES = "recv-features"
     RECV_CDB = "recv-cdb"
