@@ -76,13 +76,15 @@ OPTION_GROUPS = (
                ("PID file when running as a daemon", f"(default '{DEFAULT_PIDFILE}')"),
                man="Written with -d, or whenever -f is given: created 0600, locked for the "
                    "life of the process, never removed. A pidfile another process holds "
-                   "locked is an error."),
+                   "locked is an error, and so is a symbolic link or a hard link at the "
+                   "path (never followed or written through)."),
         Option("socket", "k", "PATH",
                ("path to the unix socket", f"(default '{DEFAULT_SOCKET}')"),
                man="An absolute path. The socket listens before its path appears, so a "
-                   "client that sees the path can connect. At exit prguard removes it, "
-                   "unless another instance has since taken the path over. Not allowed "
-                   "with socket activation."),
+                   "client that sees the path can connect; a stale socket there is "
+                   "replaced, anything else that exists there is an error (left in "
+                   "place). At exit prguard removes it, unless another instance has since "
+                   "taken the path over. Not allowed with socket activation."),
         Option("trace", "T", "[[enable=]<pattern>][,events=<file>][,file=<file>]",
                ("specify tracing options",), separator=" ",
                man="Enable the trace events matching pattern (a glob; a leading - "

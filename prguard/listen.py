@@ -73,9 +73,16 @@ def create(path: str) -> Listener:
     if len(path.encode()) > SUN_PATH_SIZE:
         raise ListenError(f"UNIX socket path '{path}' is too long\n"
                           f"Path must be less than {SUN_PATH_SIZE} bytes")
+    # A stale socket is replaced (by the rename in socket_file.create); anything else at
+    # the path is left alone, where the C helper unlinks whatever is not a directory: a
+    # mistyped -k must not cost a file. A file put there after this check would still be
+    # replaced, its name only: rename never writes into a file or follows a link.
     with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISDIR(os.lstat(path).st_mode):
+        mode = os.lstat(path).st_mode
+        if stat.S_ISDIR(mode):
             raise ListenError(f"Failed to unlink socket {path}: Is a directory")
+        if not stat.S_ISSOCK(mode):
+            raise ListenError(f"{path} exists and is not a socket: not replacing it")
     try:
         sock, created = socket_file.create(path, BACKLOG)
     except OSError as exc:

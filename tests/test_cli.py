@@ -162,10 +162,11 @@ def test_socket_path_of_exactly_108_bytes_works(tmp: Path, program: str) -> None
 
 
 @pytest.mark.parametrize("program", [PRGUARD_SCRIPT, C_HELPER])
-def test_stale_nodes_at_the_path_are_replaced(tmp: Path, program: str) -> None:
+def test_a_stale_socket_at_the_path_is_replaced(tmp: Path, program: str) -> None:
     path = tmp / "stale.sock"
-    path.write_text("not a socket")
-    served = serve(program, ["-k", str(path)], str(path))
+    with socket.socket(socket.AF_UNIX) as stale:  # bound, never listening: a dead helper's
+        stale.bind(str(path))
+    served = serve(program, ["-k", str(path)], str(path))  # connect() succeeds there now
     assert stat.S_ISSOCK(path.stat().st_mode)
     served.proc.terminate()
     served.proc.wait(10)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -15,7 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from lab.processes import C_HELPER, PRGUARD, REPO, Helper, activated, start_helper, wait_for_path
+from lab.processes import (
+    C_HELPER,
+    PRGUARD,
+    REPO,
+    Helper,
+    activated,
+    start_helper,
+    wait_for_path,
+    wait_for_service,
+)
 from prguard.client.session import Client, pr_in_cdb
 
 PRGUARD_SCRIPT = str(Path(sys.executable).parent / "prguard")
@@ -114,6 +124,75 @@ def test_sg_timeout_reaches_the_worker(tmp: Path) -> None:
     assert "SG_IO timeout 2500 ms, 3 threads, 4 per device" in helper.stderr_text()
 
 
+
+
+@pytest.mark.parametrize("what", ["regular file", "symbolic link", "fifo"])
+def test_a_socket_path_that_is_not_a_socket_is_refused(tmp: Path, what: str) -> None:
+    """The C helper unlinks whatever is at -k's path (a mistyped path costs a file);
+    prguard refuses with one line and exit 1, and leaves it as it was."""
+    victim = tmp / "victim"
+    victim.write_text("precious\n")
+    results = {}
+    for program in (PRGUARD_SCRIPT, C_HELPER):
+        path = tmp / f"{os.path.basename(program)}.sock"
+        if what == "regular file":
+            path.write_text("precious\n")
+        elif what == "symbolic link":
+            path.symlink_to(victim)
+        else:
+            os.mkfifo(path)
+        proc = subprocess.Popen([program, "-k", str(path)], stderr=subprocess.PIPE,
+                                text=True, cwd=REPO)
+        if program == C_HELPER:  # it serves: wait until its socket has replaced the file
+            deadline = time.monotonic() + 20
+            while not stat.S_ISSOCK(os.lstat(path).st_mode):
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.01)
+            wait_for_service(str(path))
+            proc.terminate()
+            proc.communicate(timeout=10)
+            results[program] = None
+        else:
+            _, err = proc.communicate(timeout=20)
+            results[program] = (proc.returncode, err, stat.S_IFMT(os.lstat(path).st_mode))
+    assert results[PRGUARD_SCRIPT] == (
+        1, f"prguard: {tmp}/prguard.sock exists and is not a socket: not replacing it\n",
+        {"regular file": stat.S_IFREG, "symbolic link": stat.S_IFLNK,
+         "fifo": stat.S_IFIFO}[what])
+    if what == "regular file":
+        assert (tmp / "prguard.sock").read_text() == "precious\n"
+    assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+def test_the_pidfile_is_never_written_through_a_link(tmp: Path, link: str) -> None:
+    """A link planted at -f's path by whoever may write to its directory: the C helper
+    truncates the file it names and writes its pid there; prguard refuses, one line,
+    exit 1, and the file keeps its contents."""
+    outcome = {}
+    for program in (PRGUARD_SCRIPT, C_HELPER):
+        victim = tmp / f"{os.path.basename(program)}.victim"
+        victim.write_text("precious\n")
+        pidfile = tmp / f"{os.path.basename(program)}.pid"
+        if link == "symbolic":
+            pidfile.symlink_to(victim)
+        else:
+            os.link(victim, pidfile)
+        sock = str(tmp / f"{os.path.basename(program)}.sock")
+        proc = subprocess.Popen([program, "-k", sock, "-f", str(pidfile)],
+                                stderr=subprocess.PIPE, text=True, cwd=REPO)
+        try:
+            _, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # it serves
+            proc.terminate()
+            _, err = proc.communicate(timeout=10)
+        outcome[program] = (proc.returncode, err, victim.read_text())
+    assert outcome[C_HELPER][2].strip().isdigit()  # the C helper wrote its pid into the victim
+    why = "it is a symbolic link" if link == "symbolic" else \
+        "not a regular file with one link"
+    assert outcome[PRGUARD_SCRIPT] == (
+        1, f"prguard: Could not create '{tmp}/prguard.pid': {why}\n", "precious\n")
+    assert not os.path.exists(tmp / "prguard.sock")  # nothing left behind either
 
 
 def test_exit_leaves_a_newer_instance_socket_alone(tmp: Path) -> None:
