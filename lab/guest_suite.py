@@ -20,7 +20,10 @@ RESERVATION CONFLICT, the survivor's must succeed. On that LU, prguard-client an
 sg_persist then ask the same questions (lab/sg_persist_side_by_side.py) and must print the
 same keys, reservation, capabilities and full status, and exit alike. Last, CLOCK_CASE
 starts another prguard with a clocksource the vDSO cannot read (hpet): every
-clock_gettime is then a real system call, which the seccomp policies must allow.
+clock_gettime is then a real system call, which the seccomp policies must allow. After
+it, lab/dm_maps.py makes device-mapper maps over LU d (through node dA) and sends a
+REGISTER through each, to prguard with multipath off and on and, as the control, to the
+C helper: only a multipath map may reach the LU through prguard.
 
 udevd is stopped once LIO is up: it re-reads the partition table of every sd node an fd
 opened for writing was closed on, and those READs spend pending unit attentions at
@@ -46,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab import lio, sg_persist_side_by_side
+from lab import dm_maps, lio, sg_persist_side_by_side
 from lab.guest_steps import (
     CHECK,
     GOOD,
@@ -82,7 +85,11 @@ from prguard.shared.errors import QemuProtocolError
 PRGUARD = INSTALLED_PRGUARD
 P_SOCK = "/tmp/p.sock"
 C_SOCK = "/tmp/c.sock"
+M_SOCK = "/tmp/m.sock"
 REQUEST_TIMEOUT_S = 40.0
+#: prguard's start under TCG took 50 s, and over 60 s with the hpet clocksource or with
+#: multipath on, while another guest ran on the same two cores
+START_TIMEOUT_S = 180.0
 
 FENCE_CASES: list[str] = [
     "fence.A-registers",
@@ -102,7 +109,7 @@ SETUP_CASE = "setup.lio-and-helpers"
 #: system call, as on hosts with hpet/acpi_pm/Xen clocks): see tests/test_lab.py
 CLOCK_CASE = "clock.prguard-serves-without-vdso-clock"
 CASES: list[str] = [SETUP_CASE, *(s.name for s in STEPS), *FENCE_CASES,
-                    *sg_persist_side_by_side.CASES, CLOCK_CASE]
+                    *sg_persist_side_by_side.CASES, *dm_maps.CASES, CLOCK_CASE]
 if len(set(CASES)) != len(CASES):
     raise AssertionError("duplicate case names in the step table")
 # Agreement alone proves little if both sides failed the same way: every compared step
@@ -216,8 +223,8 @@ class Endpoint:
             self.proc = subprocess.Popen([*self.argv, "-k", self.sock],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          cwd=REPO)
-        wait_for_path(self.sock, self.proc, timeout=60)
-        wait_for_service(self.sock, timeout=60)
+        wait_for_path(self.sock, self.proc, timeout=START_TIMEOUT_S)
+        wait_for_service(self.sock, timeout=START_TIMEOUT_S)
 
     def request(self, step: Step) -> Reply | str:
         path = self.devices[step.node][step.dev]
@@ -345,6 +352,24 @@ def run_clock_case(devices: Devices, log_dir: Path) -> dict[str, Any]:
     return _case(CLOCK_CASE, ok, detail)
 
 
+def run_dm_cases(devices: Devices, log_dir: Path,
+                 endpoints: list[Endpoint]) -> list[dict[str, Any]]:
+    """Maps over LU d (lab/dm_maps.py), through the running prguard (multipath off: its
+    worker decides), another started with multipath on (its broker refuses on the path
+    opener's word) and, as the control, the C helper. Last: it loads dm_multipath, which
+    changes what `--multipath=auto` chooses."""
+    try:
+        dm_maps.load_modules()
+        multipath = Endpoint("prguard-multipath", [*PRGUARD, "--multipath=on"], M_SOCK, {})
+        endpoints.append(multipath)
+        multipath.start(log_dir)
+        return dm_maps.run(P_SOCK, M_SOCK, C_SOCK, devices["dA"]["sd"],
+                           log_dir / f"{multipath.label}.stderr")
+    except Exception:  # noqa: BLE001 - every case must say why it did not run
+        detail = "device-mapper cases aborted: " + traceback.format_exc()[-3000:]
+        return [_case(n, False, detail) for n in dm_maps.CASES]
+
+
 def side(devices: Devices, prefix: str) -> Devices:
     return {node: devices[prefix + node] for node in ("A", "B", "S") if prefix + node in devices}
 
@@ -363,7 +388,9 @@ def main() -> int:
             timings["lio_setup_s"] = time.monotonic() - t0
             t1 = time.monotonic()
             c_side = Endpoint("qemu-pr-helper", [C_HELPER], C_SOCK, side(devices, "c"))
-            p_side = Endpoint("prguard", PRGUARD, P_SOCK, side(devices, "p"))
+            # Multipath off, like the C helper's build: maps go to SG_IO (or are refused)
+            p_side = Endpoint("prguard", [*PRGUARD, "--multipath=off"], P_SOCK,
+                              side(devices, "p"))
             for ep in (c_side, p_side):
                 endpoints.append(ep)
                 ep.start(results_dir)
@@ -400,6 +427,9 @@ def main() -> int:
         t4 = time.monotonic()
         results.append(run_clock_case(devices, results_dir))
         timings["clock_case_s"] = time.monotonic() - t4
+        t6 = time.monotonic()
+        results += run_dm_cases(devices, results_dir, endpoints)
+        timings["dm_maps_s"] = time.monotonic() - t6
         return 0
     finally:
         for ep in endpoints:

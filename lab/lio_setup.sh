@@ -7,6 +7,7 @@
 #                initiators naa.50014050000000b1 (A) and naa.50014050000000c1 (B), created in
 #                that order so A's target port is RTPI 1 and B's RTPI 2 on both sides
 #   <s>S       : its own LU through one target, initiator naa.50014050000000a1
+# and LU d through one target (dA), for the device-mapper maps made over it (lab/dm_maps.py).
 # The initiator names (hence TransportIDs) and RTPIs are the same on both sides, so READ FULL
 # STATUS and REGISTER AND MOVE bytes are comparable; target names and LU serials differ.
 # Then waits for the sd and sg nodes and prints ONE line of JSON on stdout:
@@ -46,6 +47,7 @@ case "${LIO_LAYOUT:-suite}" in
       "c  6c1a0021-0000-4000-8000-000000000021"
       "cs 6c1a0022-0000-4000-8000-000000000022"
       "f  6c1a0031-0000-4000-8000-000000000031"
+      "d  6c1a0061-0000-4000-8000-000000000061"
     )
     PATHS=(
       "pA naa.50014050000011b0 naa.50014050000000b1 p"
@@ -56,6 +58,7 @@ case "${LIO_LAYOUT:-suite}" in
       "cS naa.50014050000021a0 naa.50014050000000a1 cs"
       "fA naa.50014050000031b0 naa.50014050000000b1 f"
       "fB naa.50014050000031c0 naa.50014050000000c1 f"
+      "dA naa.50014050000061b0 naa.50014050000000b1 d"
     ) ;;
   fencing)
     BACKSTORES=("f  6c1a0031-0000-4000-8000-000000000031")

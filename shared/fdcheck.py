@@ -67,9 +67,13 @@ def fstat(fd: int) -> FileStatus:
 
 def inspect_fd(fd: int, with_sysfs: bool) -> FdFacts:
     """Classify `fd`. With `with_sysfs`, a block device is looked up in sysfs (the worker,
-    which Landlock lets read beneath /sys/devices); without, every block device is taken
-    for a whole disk as far as fstat can tell (the broker, which reads no file: the
-    worker decides). OSError from fcntl/fstat propagates (a bad fd is the caller's bug)."""
+    which Landlock lets read beneath /sys/devices): a partition or a device-mapper map
+    other than a multipath one is refused there. Without, every block device is taken for
+    a whole disk as far as fstat can tell (the broker, which reads no file once confined:
+    a device number alone tells neither a partition nor which kind of map it is, so the
+    worker, the one process whose SG_IO could reach the LU, decides; with multipath on,
+    the path opener is asked first). OSError from fcntl/fstat propagates (a bad fd is
+    the caller's bug)."""
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     st = fstat(fd)
     if flags & os.O_PATH:

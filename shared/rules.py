@@ -7,9 +7,10 @@ trusts nobody. The order reproduces the C helper's answers wherever it has one:
 1. PR OUT on an fd opened read-only: CHECK CONDITION 05/20/00 (qemu-pr-helper's
    do_pr_out check, made before anything else);
 2. an fd that is not a whole SCSI-capable device (regular file, pipe, socket, other
-   character device, O_PATH fd, a partition): CHECK CONDITION 0b/00/06, the answer the C
-   helper gives when SG_IO fails with ENOTTY on such fds. A partition is refused as well:
-   with CAP_SYS_RAWIO the kernel would pass SG_IO on a partition through to the whole LUN;
+   character device, O_PATH fd, a partition, a device-mapper map that is not a whole-LU
+   multipath map): CHECK CONDITION 0b/00/06, the answer the C helper gives when SG_IO
+   fails with ENOTTY on such fds. A partition or such a map is refused as well: with
+   CAP_SYS_RAWIO the kernel would pass SG_IO on either through to the whole LUN;
 3. an undefined service action: CHECK CONDITION 05/24/00 (what a device answers);
 4. a PR OUT CDB whose parameter list length has bits in bytes 5-6 (SPC's BE32), which the
    framing ignores and the device would not: 05/24/00.
@@ -43,6 +44,9 @@ class FdKind(enum.Enum):
     PARTITION = "partition"
     #: a block device sysfs does not describe (not there, or unreadable): refused
     UNKNOWN_BLOCK = "block device sysfs does not describe"
+    #: LVM, kpartx, dm-crypt, linear, ...: with CAP_SYS_RAWIO, SG_IO on such a map can
+    #: reach the whole LU under it (shared/sysfs.py)
+    DM_NOT_MULTIPATH = "device-mapper map that is not a whole-LU multipath map"
     OTHER = "not a SCSI device"
 
 

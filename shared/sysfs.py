@@ -1,53 +1,175 @@
-"""What sysfs says about a block device number: is it a partition?
+"""What sysfs says about a block device number: a whole disk, a partition, or a
+device-mapper map, and which kind of map?
 
-Read by path under /sys/dev/block/<major>:<minor>/, which links into /sys/devices. The
-worker reads it with openat (read-only flags only) and pread, confined by Landlock to
-reading beneath /sys/devices; nothing here is needed by the broker.
+With CAP_SYS_RAWIO, SG_IO on a partition, or on a device-mapper map over part of a LU,
+reaches the whole LU (the kernel checks the range only for callers without it, and the
+worker holds it). So the worker lets through only whole disks and multipath maps:
 
-A device sysfs does not list (no `dev` attribute: no such device here, or /sys not
-mounted), or an attribute that cannot be read for any reason other than its absence,
-makes the device one that is refused (fail closed).
+- a partition (a `partition` attribute) is refused;
+- a device-mapper map (a `dm/` directory) is accepted only when its dm uuid starts with
+  `mpath-` (as multipath-tools names its maps), it has at least one device under it,
+  and each of those is a whole disk, no map itself, of the map's size. Every other map
+  (LVM's `LVM-`, kpartx's `part<N>-`, cryptsetup's `CRYPT-`, a map without a uuid, an
+  `mpath-` map over a partition or another map, or smaller than its paths) is refused
+  like a partition. So is a linear map over a whole LU, although the kernel would pass
+  SG_IO through it: which target a map uses and where it starts in its device is not in
+  sysfs (only in its table, which DM_TABLE_STATUS reads with CAP_SYS_ADMIN), and a table
+  can be replaced under an open fd; the uuid says who made the map, and only
+  multipath-tools makes maps that stand for one whole LU;
+- a device sysfs does not list (no `dev` attribute: no such device here, or /sys not
+  mounted), or an attribute that cannot be read for any reason other than its absence,
+  is refused too (fail closed).
+
+The API: `facts_of(rdev)` gathers the facts (`BlockFacts`) from sysfs, `classify(facts)`
+decides on them (pure), `block_kind(rdev)` is both, failing closed. Paths are
+/sys/dev/block/<major>:<minor>/..., which link into /sys/devices. The worker reads them
+with openat (read-only flags only), pread64 and getdents64, confined by Landlock to
+reading beneath /sys/devices; the broker reads no file after its lock-down, so it leaves
+this decision to the worker.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+from dataclasses import dataclass
 
+from prguard.shared import dirents
+from prguard.shared.dm import MULTIPATH_UUID_PREFIX
 from prguard.shared.rules import FdKind
 
-SYS_DEV_BLOCK = "/sys/dev/block"
+SYS = "/sys"
 #: Where every block device's sysfs directory lives; the worker's Landlock rule.
-SYS_DEVICES = "/sys/devices"
+SYS_DEVICES = f"{SYS}/devices"
+#: DM_UUID_LEN is 129 with its NUL; a sysfs attribute is at most a page.
+READ_SIZE = 4096
 
 
 class SysfsError(OSError):
     """An attribute exists but could not be read."""
 
 
-def _path(rdev: int, attribute: str) -> str:
-    return f"{SYS_DEV_BLOCK}/{os.major(rdev)}:{os.minor(rdev)}/{attribute}"
+@dataclass(frozen=True)
+class Below:
+    """A device a map is made of (its `slaves/` entry)."""
+
+    name: str
+    partition: bool
+    mapped: bool  #: a device-mapper map itself
+    size: int | None  #: in 512-byte sectors
 
 
-def exists(rdev: int, attribute: str) -> bool:
-    """Whether the attribute file exists (opened read-only, then closed)."""
+@dataclass(frozen=True)
+class BlockFacts:
+    """What sysfs says of one block device number (`classify` decides on it)."""
+
+    listed: bool  #: sysfs has the device number
+    partition: bool = False
+    dm_uuid: str | None = None  #: None: not a device-mapper map
+    size: int | None = None
+    below: tuple[Below, ...] = ()
+
+
+def classify(facts: BlockFacts) -> FdKind:
+    """The kind of a block device, from what sysfs says of it."""
+    if not facts.listed:
+        return FdKind.UNKNOWN_BLOCK
+    if facts.partition:
+        return FdKind.PARTITION
+    if facts.dm_uuid is None:
+        return FdKind.BLOCK_DISK
+    multipath = (facts.dm_uuid.startswith(MULTIPATH_UUID_PREFIX)
+                 and bool(facts.size) and bool(facts.below)
+                 and all(not b.partition and not b.mapped and b.size == facts.size
+                         for b in facts.below))
+    return FdKind.BLOCK_DISK if multipath else FdKind.DM_NOT_MULTIPATH
+
+
+def _path(rdev: int, attribute: str, root: str) -> str:
+    return f"{root}/dev/block/{os.major(rdev)}:{os.minor(rdev)}/{attribute}"
+
+
+def _open(path: str, flags: int = 0) -> int | None:
+    """An fd, or None when there is no such file."""
     try:
-        fd = os.open(_path(rdev, attribute), os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-            return False
-        raise SysfsError(exc.errno, f"{_path(rdev, attribute)}: {exc.strerror}") from None
+            return None
+        raise SysfsError(exc.errno, f"{path}: {exc.strerror}") from None
+
+
+def exists(path: str) -> bool:
+    fd = _open(path)
+    if fd is None:
+        return False
     os.close(fd)
     return True
 
 
-def block_kind(rdev: int) -> FdKind:
-    """The kind of a block device: a partition, a whole disk, or unknown."""
+def read(path: str) -> str | None:
+    """An attribute's text without its newline, or None when there is no such file."""
+    fd = _open(path)
+    if fd is None:
+        return None
     try:
-        if not exists(rdev, "dev"):
-            return FdKind.UNKNOWN_BLOCK
-        if exists(rdev, "partition"):
-            return FdKind.PARTITION
+        return os.pread(fd, READ_SIZE, 0).decode("utf-8", "replace").rstrip("\n")
+    except OSError as exc:
+        raise SysfsError(exc.errno, f"{path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _size(path: str) -> int | None:
+    text = read(path)
+    return int(text) if text is not None and text.isdigit() else None
+
+
+def _below(rdev: int, root: str) -> tuple[Below, ...]:
+    directory = _path(rdev, "slaves", root)
+    fd = _open(directory, os.O_DIRECTORY)
+    if fd is None:
+        return ()
+    try:
+        names = sorted(name for name, _ in dirents.entries(fd))
+    except OSError as exc:
+        raise SysfsError(exc.errno, f"{directory}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    return tuple(Below(name, exists(f"{directory}/{name}/partition"),
+                       exists(f"{directory}/{name}/dm/uuid"),
+                       _size(f"{directory}/{name}/size")) for name in names)
+
+
+def facts_of(rdev: int, root: str = SYS) -> BlockFacts:
+    """What sysfs (mounted at `root`) says of block device `rdev`. Raises SysfsError."""
+    if not exists(_path(rdev, "dev", root)):
+        return BlockFacts(listed=False)
+    if exists(_path(rdev, "partition", root)):
+        return BlockFacts(listed=True, partition=True)
+    uuid = read(_path(rdev, "dm/uuid", root))
+    if uuid is None:
+        return BlockFacts(listed=True)
+    return BlockFacts(listed=True, dm_uuid=uuid, size=_size(_path(rdev, "size", root)),
+                      below=_below(rdev, root))
+
+
+def block_kind(rdev: int, root: str = SYS) -> FdKind:
+    """The kind of a block device; one that cannot be looked up is refused."""
+    try:
+        return classify(facts_of(rdev, root))
     except SysfsError:
         return FdKind.UNKNOWN_BLOCK
-    return FdKind.BLOCK_DISK
+
+
+def warm_up() -> None:
+    """Take every code path once (reading an attribute, listing a directory) before the
+    process is confined: on files every system has beneath /sys/devices."""
+    read(f"{SYS_DEVICES}/system/cpu/online")
+    fd = _open(f"{SYS_DEVICES}/system/cpu", os.O_DIRECTORY)
+    if fd is not None:
+        try:
+            list(dirents.entries(fd))
+        finally:
+            os.close(fd)
+    block_kind(os.makedev(7, 0))

@@ -319,7 +319,7 @@ def test_no_memory_becomes_executable(pair: Pair, role: str) -> None:
 
 AT_FDCWD = -100
 AT_EMPTY_PATH, AT_REMOVEDIR = 0x1000, 0x200
-O_WRONLY, O_RDWR, O_CREAT, O_PATH, O_DIRECTORY = 0x1, 0x2, 0x40, 0x200000, 0x10000
+O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_PATH, O_DIRECTORY = 0x1, 0x2, 0x40, 0x200, 0x200000, 0x10000
 
 
 @pytest.fixture
@@ -378,13 +378,21 @@ def test_worker_opens_sysfs_and_nothing_else(pair: Pair, loop_disk: str,
         for path in (str(victim), "/etc/hostname", "/proc/self/environ", "/dev/null",
                      "/sys/kernel/mm/transparent_hugepage/enabled"):
             assert errno_name(inj.call("openat", AT_FDCWD, inj.string(path), 0)) == "EACCES"
+        # Directories: a map's slaves/ beneath /sys/devices, nothing else.
+        fd = inj.call("openat", AT_FDCWD, inj.string(sysfs_size.rsplit("/", 1)[0]),
+                      O_DIRECTORY)
+        assert fd > 0 and inj.call("getdents64", fd, inj.put(bytes(4096)), 4096) > 0
+        assert inj.call("close", fd) == 0
+        for path in ("/etc", "/", str(victim.parent)):
+            assert errno_name(inj.call("openat", AT_FDCWD, inj.string(path),
+                                       O_DIRECTORY)) == "EACCES"
         assert errno_name(inj.call("openat", AT_FDCWD, inj.string(f"{victim}.not"), 0)) \
             == "ENOENT"
 
 
 @pytest.mark.parametrize("call", [("openat", O_WRONLY), ("openat", O_RDWR),
                                   ("openat", O_WRONLY | O_CREAT), ("openat", O_PATH),
-                                  ("openat", O_DIRECTORY), ("newfstatat", 0), ("unlinkat", 0),
+                                  ("openat", O_TRUNC), ("newfstatat", 0), ("unlinkat", 0),
                                   ("unlinkat", AT_REMOVEDIR), ("statx", 0)])
 def test_worker_has_no_other_file_access(pair: Pair, victim: Path,
                                          call: tuple[str, int]) -> None:

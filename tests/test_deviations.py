@@ -132,7 +132,7 @@ def test_a_socket_path_that_is_not_a_socket_is_refused(tmp: Path, what: str) -> 
     prguard refuses with one line and exit 1, and leaves it as it was."""
     victim = tmp / "victim"
     victim.write_text("precious\n")
-    results = {}
+    results: dict[str, tuple[int, str, int] | None] = {}
     for program in (PRGUARD_SCRIPT, C_HELPER):
         path = tmp / f"{os.path.basename(program)}.sock"
         if what == "regular file":
@@ -169,7 +169,7 @@ def test_the_pidfile_is_never_written_through_a_link(tmp: Path, link: str) -> No
     """A link planted at -f's path by whoever may write to its directory: the C helper
     truncates the file it names and writes its pid there; prguard refuses, one line,
     exit 1, and the file keeps its contents."""
-    outcome = {}
+    outcome: dict[str, tuple[int, str, str]] = {}
     for program in (PRGUARD_SCRIPT, C_HELPER):
         victim = tmp / f"{os.path.basename(program)}.victim"
         victim.write_text("precious\n")

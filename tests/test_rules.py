@@ -38,6 +38,7 @@ def test_framing_checks(cdb: bytes, data_len: int, ok: bool) -> None:
     (pr_out_cdb(0), FdFacts(FdKind.OTHER, read_only=True), Sense.INVALID_OPCODE),
     (pr_in_cdb(0), FdFacts(FdKind.OTHER, read_only=False), Sense.IO_ERROR),
     (pr_in_cdb(0), FdFacts(FdKind.PARTITION, read_only=False), Sense.IO_ERROR),
+    (pr_out_cdb(0), FdFacts(FdKind.DM_NOT_MULTIPATH, read_only=False), Sense.IO_ERROR),
     (pr_in_cdb(4), DISK, Sense.INVALID_FIELD),
     (pr_out_cdb(9), DISK, Sense.INVALID_FIELD),
     (pr_in_cdb(4), FdFacts(FdKind.OTHER, read_only=False), Sense.IO_ERROR),

@@ -40,7 +40,8 @@ log = logging.getLogger("prguard.worker")
 
 KEEP_CAPS = ("sys_rawio",)
 #: What the worker may still reach by path: sysfs attributes of block devices, read-only.
-LANDLOCK_RULES = (landlock.Beneath(landlock.READ_FILE, path=sysfs.SYS_DEVICES),)
+LANDLOCK_RULES = (landlock.Beneath(landlock.READ_FILE | landlock.READ_DIR,
+                                   path=sysfs.SYS_DEVICES),)
 #: mallopt(M_ARENA_MAX): glibc would read /sys/devices/system/cpu/online the first time
 #: a pool thread allocates; with one arena it never does (and never opens a file).
 M_ARENA_MAX = -8
@@ -75,7 +76,7 @@ def _send(channel: socket.socket, payload: bytes, broker_pid: int) -> None:
 def _warm_up(timeout_ms: int) -> None:
     """Run each code path once so nothing is imported or first-touched once confined."""
     facts = fdcheck.inspect_fd(2, with_sysfs=True)
-    sysfs.block_kind(os.makedev(7, 0))  # under Landlock already: as a request's lookup
+    sysfs.warm_up()  # under Landlock already: as a request's lookups
     request = SgIoRequest(1, b"\x5e" + bytes(15), b"")
     decode(request.encode())
     handler.screen(request.encode(), None, None)
