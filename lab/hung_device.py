@@ -5,7 +5,9 @@ current directory.
 The stuck device is a dm-multipath map (lio_setup.sh's multipath layout) set to
 queue_if_no_path with both its paths failed: device-mapper then retries an SG_IO on the
 map every 10 ms until a path comes back, and the calling thread stays in the kernel,
-past any SG_IO timeout. A loop device stands for every other device.
+past any SG_IO timeout. prguard runs with multipath off, so that SG_IO goes to the map
+itself (its worker lets a multipath map through). A loop device stands for every other
+device.
 
 1. --sg-threads=4 --sg-per-device=2: two requests on the map hold two threads for good;
    the other two take the liveness probes and the loop device's requests. WATCHDOG=1
@@ -77,7 +79,9 @@ class Map:
 
 def phase(directory: Path, threads: int, stuck_fd: int, loop_fd: int, down: Map,
           watched: float) -> dict[str, Any]:
-    service: Service = start(directory, (f"--sg-timeout={SG_TIMEOUT}",
+    # Multipath off: with it on, prguard sends each command down a path of its own choice,
+    # never into the map's queue.
+    service: Service = start(directory, ("--multipath=off", f"--sg-timeout={SG_TIMEOUT}",
                                          f"--sg-threads={threads}", "--sg-per-device=2"),
                              watchdog_usec=WATCHDOG_USEC, ready_timeout=180)
     try:
