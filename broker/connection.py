@@ -44,14 +44,18 @@ _GONE = int(select.EPOLLHUP | select.EPOLLERR)
 
 class Connection:
     __slots__ = (
+        "awaiting",
         "busy",
+        "client",
         "closed",
         "fd",
+        "forget_pending",
         "parked",
         "peer",
         "protocol",
         "server",
         "sock",
+        "started",
         "unsent",
     )
 
@@ -69,8 +73,17 @@ class Connection:
         #: reply bytes the socket had no room for yet
         self.unsent = b""
         self.closed = False
+        #: registered with the loop (identified, when clients are)
+        self.started = False
+        #: the connection as the worker knows it (0: clients are not identified)
+        self.client = 0
+        #: a request is with the worker (its answer not back yet)
+        self.awaiting = False
+        #: closed while a request was with the worker: forgotten once the answer is back
+        self.forget_pending = False
 
     def start(self) -> None:
+        self.started = True
         server = self.server
         server.tracer.emit("prguard_client_connect", pid=self.peer.pid, uid=self.peer.uid,
                            gid=self.peer.gid)
@@ -142,12 +155,18 @@ class Connection:
 
     def _request(self, request: PrRequest) -> None:
         self.busy = True
+        self.awaiting = True
         self.server.in_flight += 1
         self.server.busy(self, True)
-        self.server.requests.answer(self.protocol, request, self.peer, self._on_reply)
+        self.server.requests.answer(self.protocol, request, self.peer, self._on_reply,
+                                    self.client)
 
     def _on_reply(self, wire: bytes) -> None:
+        self.awaiting = False
         if self.closed:
+            if self.forget_pending:
+                self.forget_pending = False
+                self.server.forget(self)
             return
         self._write(wire)
 
@@ -209,6 +228,11 @@ class Connection:
         if self.busy:
             self.busy = False
             server.in_flight -= 1
+        if self.client and self.started:
+            if self.awaiting:  # the worker still uses the client's identity
+                self.forget_pending = True
+            else:
+                server.forget(self)
         fdpass.close_all(self.protocol.take_fds())
         self.sock.close()
         server.release(self)

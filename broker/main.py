@@ -45,8 +45,9 @@ from prguard.broker.server import Server, warm_up
 from prguard.broker.stats import Stats
 from prguard.broker.trace import Tracer
 from prguard.broker.watchdog import Watchdog, tick_period, watchdog_interval
-from prguard.broker.worker_client import WorkerClient, await_ready
+from prguard.broker.worker_client import Reply, WorkerClient, await_ready
 from prguard.shared import fdpin, landlock, privileges, sandbox
+from prguard.shared.messages import PolicyReloaded
 from prguard.shared.privileges import Identity
 from prguard.shared.seccomp_policy import Rule, SeccompPolicy
 from prguard.shared.socket_file import SocketFile
@@ -86,6 +87,12 @@ class BrokerConfig:
     version: str = ""
     #: the launcher's: report the log lines its rate limit dropped (the periodic tick)
     flush_logs: Callable[[], None] = lambda: None
+    #: introduce each client to the worker (audit records and the policy need it)
+    identify_clients: bool = False
+    #: send refused requests to the worker too, which records them (an audit sink is on)
+    forward_refusals: bool = False
+    #: SIGUSR1 has the worker read the --policy file again
+    relay_policy_reload: bool = False
     #: tests only: a forbidden syscall to attempt once confined (docs/SECURITY.md)
     seccomp_probe: str | None = None
     opener: OpenerLink | None = None
@@ -206,6 +213,8 @@ def _serve(loop: Loop, listener: socket.socket, channel: socket.socket, config: 
     worker.start()
     multipath = _multipath(config, loop, worker, limits)
     server = Server(loop, worker, tracer, limits, stats, multipath)
+    server.identify_clients = config.identify_clients
+    server.requests.forward_refusals = config.forward_refusals
     server.listen(listener)
     last_error = LastErrorHandler()
     logging.getLogger("prguard").addHandler(last_error)
@@ -222,11 +231,14 @@ def _serve(loop: Loop, listener: socket.socket, channel: socket.socket, config: 
     stop_signal: list[int] = []
 
     def on_signal(signum: int) -> None:
-        if not stop_signal:
+        if signum == signal.SIGUSR1:
+            log.info("SIGUSR1: the worker reads the policy file again")
+            worker.reload_policy(_policy_reloaded)
+        elif not stop_signal:
             stop_signal.append(signum)
             loop.stop()
 
-    loop.catch_signals(STOP_SIGNALS, on_signal)
+    loop.catch_signals(_signals(config), on_signal)
     worker.on_lost = lambda reason: loop.stop()
     if multipath is not None:
         multipath.opener.on_lost = lambda reason: loop.stop()
@@ -248,7 +260,7 @@ def _serve(loop: Loop, listener: socket.socket, channel: socket.socket, config: 
         sandbox.probe(probe)
         log.error("seccomp let %s through", probe)
         return 3
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since start-up
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _signals(config))  # blocked since start-up
     period = tick_period(watchdog_sec)
 
     def on_tick(key: Hashable) -> None:
@@ -267,7 +279,23 @@ def _serve(loop: Loop, listener: socket.socket, channel: socket.socket, config: 
     finally:
         # Blocked again: nothing handles them once the loop stops running, and the
         # process ends by os._exit.
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _signals(config))
+
+
+def _signals(config: BrokerConfig) -> tuple[int, ...]:
+    """The signals the loop handles: the stop signals, and SIGUSR1 with --policy (without
+    it SIGUSR1 keeps its default action, as in the C helper)."""
+    return (*STOP_SIGNALS, signal.SIGUSR1) if config.relay_policy_reload else STOP_SIGNALS
+
+
+def _policy_reloaded(reply: Reply) -> None:
+    if isinstance(reply, PolicyReloaded):
+        if reply.ok:
+            log.info("the worker reloaded the policy")
+        else:
+            log.error("policy reload failed, the policy in force stays: %s", reply.reason)
+    else:
+        log.error("policy reload: no answer from the worker (%s)", reply)
 
 
 def _until_stopped(config: BrokerConfig, tracer: Tracer, notifier: Notifier, loop: Loop,

@@ -63,6 +63,8 @@ class _Job:
     request: PrRequest
     facts: FdFacts
     peer: Peer
+    #: the connection as the worker knows it (0: clients are not identified)
+    client: int
     done: Done
     #: serve it as any disk (it is no device-mapper device); takes over the fd
     otherwise: Callable[[], None]
@@ -95,16 +97,17 @@ class Multipath:
         """Could this request's fd be a device-mapper map (served here, or refused)?"""
         return facts.kind == FdKind.BLOCK_DISK and os.major(facts.rdev) not in self._other_majors
 
-    def answer(self, request: PrRequest, facts: FdFacts, peer: Peer, done: Done,
-               otherwise: Callable[[], None]) -> None:
+    def answer(self, request: PrRequest, facts: FdFacts, peer: Peer, client: int,
+               done: Done, otherwise: Callable[[], None]) -> None:
         """Serve `request` (whose fd this takes over); `done` gets the reply, or
-        `otherwise` is called if it is no map after all."""
+        `otherwise` is called if it is no map after all. Each SG_IO on a path names
+        `client` (for the audit and the policy)."""
         state = self._maps.get(facts.rdev)
         if state is None:
             state = self._maps[facts.rdev] = _Map()
             self._forget_old()
         self._maps.move_to_end(facts.rdev)
-        state.queue.append(_Job(request, facts, peer, done, otherwise))
+        state.queue.append(_Job(request, facts, peer, client, done, otherwise))
         if not state.busy:
             self._next(facts.rdev, state)
 
@@ -186,14 +189,15 @@ class Multipath:
                               [o for o in got if o is not None])
 
         for index, send in enumerate(batch):
-            self._send(state, send, partial(collect, index))
+            self._send(state, send, job.client, partial(collect, index))
 
-    def _send(self, state: _Map, send: Send, on_answer: Callable[[Answer], None]) -> None:
+    def _send(self, state: _Map, send: Send, client: int,
+              on_answer: Callable[[Answer], None]) -> None:
         fd = state.fds.get(send.rdev)
         if fd is None:  # the translation only names paths it was given
             on_answer(WorkerLost("no fd for a path"))
             return
-        self._worker.forward(send.cdb, send.data, fd, on_answer, owned=False)
+        self._worker.forward(send.cdb, send.data, fd, on_answer, client, owned=False)
 
     def _done(self, rdev: int, state: _Map, job: _Job, what: str, uuid: str,
               result: Result) -> None:
@@ -228,7 +232,7 @@ class Multipath:
             self._finish(rdev, state, job, without_atp_c(request.cdb, reply), False)
 
         self._worker.forward(request.cdb, request.parameter_list, request.fd, on_answer,
-                             owned=False)
+                             job.client, owned=False)
 
     def close(self) -> None:
         for state in self._maps.values():

@@ -56,12 +56,18 @@ class Requests:
         self._tracer = tracer
         self._stats = stats
         self._clock = clock
+        #: every request goes to the worker, refusals included, to be recorded
+        self.forward_refusals = False
 
     def answer(self, conn: ServerConnection, request: PrRequest, peer: Peer,
-               on_reply: OnReply) -> None:
+               on_reply: OnReply, client: int = 0) -> None:
         """Answer `request` (whose fd this takes over): at once if the broker's own
         checks refuse it, else once the worker has answered. `on_reply` gets the encoded
-        reply, from this call or later from the loop."""
+        reply, from this call or later from the loop. `client` is the connection as the
+        worker knows it (0: clients are not identified).
+
+        With an audit log the broker refuses nothing itself: every request goes to the
+        worker, which applies the same rules, gives the same answer and records it."""
         started = self._clock()
         tracer = self._tracer
         if tracer.on("prguard_request"):
@@ -74,7 +80,7 @@ class Requests:
         except OSError:
             facts = FdFacts(FdKind.OTHER, read_only=True)
         verdict = check_request(request.cdb, facts)
-        if verdict is not None:
+        if verdict is not None and not self.forward_refusals:
             os.close(request.fd)
             reply = PrReply(verdict.status, verdict.sense_bytes)
             if tracer.on("prguard_refused"):
@@ -87,24 +93,26 @@ class Requests:
                                  outcome=Outcome.REFUSED_VALIDATION))
             return
 
-        if self._multipath is not None and self._multipath.routes(facts):
+        if (verdict is None and self._multipath is not None
+                and self._multipath.routes(facts)):  # a refusal goes to be recorded
             self._multipath.answer(
-                request, facts, peer,
+                request, facts, peer, client,
                 lambda reply, logged, outcome: on_reply(
                     self.settle(conn, request, peer, reply, started, logged, outcome)),
-                lambda: self._forward(conn, request, peer, on_reply, started))
+                lambda: self._forward(conn, request, peer, on_reply, started, client))
             return
-        self._forward(conn, request, peer, on_reply, started)
+        self._forward(conn, request, peer, on_reply, started, client)
 
     def _forward(self, conn: ServerConnection, request: PrRequest, peer: Peer,
-                 on_reply: OnReply, started: float) -> None:
+                 on_reply: OnReply, started: float, client: int) -> None:
         """To the worker, with the request's fd (taken over)."""
 
         def on_answer(answer: Answer) -> None:
             reply, logged, outcome = self._reply_for(answer, request, peer)
             on_reply(self.settle(conn, request, peer, reply, started, logged, outcome))
 
-        self._worker.forward(request.cdb, request.parameter_list, request.fd, on_answer)
+        self._worker.forward(request.cdb, request.parameter_list, request.fd, on_answer,
+                             client)
 
     def _reply_for(self, answer: Answer, request: PrRequest, peer: Peer
                    ) -> tuple[PrReply, bool, str | None]:

@@ -7,6 +7,7 @@ broker/connection.py; what a request comes to is broker/requests.py.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 import struct
@@ -17,13 +18,14 @@ from prguard.broker.connection import Connection
 from prguard.broker.limits import Limits
 from prguard.broker.loop import EPOLLIN, Loop
 from prguard.broker.multipath import Multipath
+from prguard.broker.peer_pidfd import PeerGone, peer_pidfd
 from prguard.broker.requests import Requests, cdb_text, sense_text
 from prguard.broker.stats import Stats
 from prguard.broker.trace import Tracer
-from prguard.broker.worker_client import WorkerClient
+from prguard.broker.worker_client import Reply, WorkerClient
 from prguard.shared import fdcheck
 from prguard.shared.errors import QemuProtocolError
-from prguard.shared.messages import Refused, SgIoRequest, SgIoResult, decode
+from prguard.shared.messages import Identified, Refused, SgIoRequest, SgIoResult, decode
 from prguard.shared.qemu_protocol import PrRequest, ServerConnection
 from prguard.shared.rules import check_request
 from prguard.shared.scsi import PrReply, Sense, Status
@@ -89,6 +91,10 @@ class Server:
         self.stopping = False
         self._listener: socket.socket | None = None
         self._accepting = False
+        #: introduce each client to the worker before serving it (audit, policy)
+        self.identify_clients = False
+        self._client_ids = itertools.count(1)
+        self._worker = worker
 
     # -- accepting -----------------------------------------------------------------------
 
@@ -144,7 +150,10 @@ class Server:
                        self._admission.total)
             decision.evict.close("closed by prguard to make room")
         self._connections.add(connection)
-        connection.start()
+        if self.identify_clients:
+            self._introduce(connection)
+        else:
+            connection.start()
 
     def _tell(self, about: Peer, message: str, *args: object) -> None:
         """A warning about a client's uid, at most one per uid every few seconds (a
@@ -156,6 +165,35 @@ class Server:
         if held_back:
             message += f" ({held_back} more such lines about its uid held back)"
         log.warning(message, *args)
+
+    def _introduce(self, connection: Connection) -> None:
+        """The worker reads who the client is (from a pidfd of it where the kernel gives
+        one); the connection is served once it has."""
+        connection.client = next(self._client_ids)
+        peer = connection.peer
+        pid = peer.pid
+        try:
+            pidfd = peer_pidfd(connection.sock)
+        except PeerGone:  # nothing left to read: no pid the worker could be misled by
+            pidfd, pid = None, 0
+        except OSError as exc:
+            log.warning("%s: no pidfd of the client: %s", peer, exc.strerror)
+            pidfd = None
+
+        def identified(reply: Reply) -> None:
+            if not isinstance(reply, Identified):
+                connection.close("the worker could not identify the client")
+                return
+            if connection.closed:  # it went away meanwhile
+                self._worker.forget(connection.client)
+                return
+            connection.start()
+
+        self._worker.identify(connection.client, pid, peer.uid, peer.gid, pidfd, identified)
+
+    def forget(self, connection: Connection) -> None:
+        """The worker may forget a closed connection's client."""
+        self._worker.forget(connection.client)
 
     def _backoff_over(self, key: Hashable) -> None:
         self._sync_accepting()

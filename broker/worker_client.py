@@ -22,10 +22,15 @@ from prguard.shared import fdpass
 from prguard.shared.errors import ChannelError
 from prguard.shared.messages import (
     Alive,
+    Forget,
+    Identified,
+    Identify,
     Malformed,
+    PolicyReloaded,
     Probe,
     Ready,
     Refused,
+    ReloadPolicy,
     SgIoRequest,
     SgIoResult,
     decode,
@@ -50,6 +55,11 @@ class NoAnswer:
 
 Answer = SgIoResult | Refused | WorkerLost | NoAnswer
 OnAnswer = Callable[[Answer], None]
+#: The answers to Identify and ReloadPolicy.
+Reply = Identified | PolicyReloaded | WorkerLost | NoAnswer
+OnReply = Callable[[Reply], None]
+#: "no fd with this datagram" in the backlog
+NO_FD = -1
 
 
 def await_ready(channel: socket.socket, timeout: float) -> int | None:
@@ -77,9 +87,11 @@ class WorkerClient:
         self._loop = loop
         self._ids = itertools.count(1)
         self._last_id = 0
-        self._pending: dict[int, OnAnswer] = {}
+        #: request id -> (who gets the answer, the message classes that answer it)
+        self._pending: dict[int, tuple[Callable[..., None], tuple[type, ...]]] = {}
         self._deadlines = loop.deadlines(deadline, self._expired)
-        #: requests the channel had no room for yet: (payload, fd, id, whether we own it)
+        #: requests the channel had no room for yet: (payload, fd or NO_FD, id, whether
+        #: the fd is ours to close once sent)
         self._backlog: list[tuple[bytes, int, int, bool]] = []
         self.lost: str | None = None
         self.on_lost: Callable[[str], None] = lambda reason: None
@@ -95,21 +107,48 @@ class WorkerClient:
         return len(self._pending)
 
     def forward(self, cdb: bytes, data: bytes, fd: int, on_answer: OnAnswer,
-                owned: bool = True) -> None:
+                connection: int = 0, owned: bool = True) -> None:
         """Send one validated request with `fd`, which this call takes over (it is
         closed once it is in the datagram) unless not `owned` (a multipath map's path fd,
         which the broker keeps). `on_answer` is called exactly once, from the loop,
-        unless the request is cancelled."""
+        unless the request is cancelled. `connection` is the client's, as introduced
+        with `identify` (0 when clients are not identified)."""
+        request_id = next(self._ids)
+        self._send(SgIoRequest(request_id, cdb, data, connection).encode(), fd, request_id,
+                   on_answer, (SgIoResult, Refused), owned)
+
+    def identify(self, connection: int, pid: int, uid: int, gid: int, pidfd: int | None,
+                 on_reply: OnReply) -> None:
+        """Introduce a client connection (the worker reads who it is); `pidfd`, if any,
+        is taken over. `on_reply` gets Identified once the worker knows the client."""
+        request_id = next(self._ids)
+        self._send(Identify(request_id, connection, pid, uid, gid).encode(),
+                   NO_FD if pidfd is None else pidfd, request_id, on_reply, (Identified,))
+
+    def forget(self, connection: int) -> None:
+        """A connection with no request in flight is gone (no answer comes)."""
+        if self.lost is None:
+            self._send(Forget(connection).encode(), NO_FD, 0, None, ())
+
+    def reload_policy(self, on_reply: OnReply) -> None:
+        request_id = next(self._ids)
+        self._send(ReloadPolicy(request_id).encode(), NO_FD, request_id, on_reply,
+                   (PolicyReloaded,))
+
+    def _send(self, payload: bytes, fd: int, request_id: int,
+              on_answer: Callable[..., None] | None, answers: tuple[type, ...],
+              owned: bool = True) -> None:
+        owned = owned and fd != NO_FD
         if self.lost is not None:
             if owned:
                 os.close(fd)
-            on_answer(WorkerLost(self.lost))
+            if on_answer is not None:
+                on_answer(WorkerLost(self.lost))
             return
-        request_id = next(self._ids)
-        self._last_id = request_id
-        payload = SgIoRequest(request_id, cdb, data).encode()
-        self._pending[request_id] = on_answer
-        self._deadlines.add(request_id, self._loop.time())
+        if on_answer is not None:
+            self._last_id = request_id
+            self._pending[request_id] = (on_answer, answers)
+            self._deadlines.add(request_id, self._loop.time())
         if self._backlog or not self._try_send(payload, fd, owned):
             if not self._backlog:
                 self._loop.modify(self._fd, EPOLLIN | EPOLLOUT)
@@ -119,11 +158,11 @@ class WorkerClient:
         """Send and close our `fd` (if `owned`); False if the channel is full (nothing
         sent, the fd still ours). A failed channel loses the worker."""
         try:
-            fdpass.send_message(self._channel, payload, fd)
+            fdpass.send_message(self._channel, payload, None if fd == NO_FD else fd)
         except BlockingIOError:
             return False
         except OSError as exc:
-            if self._backlog and self._backlog[0][1] == fd:
+            if self._backlog and self._backlog[0][1] == fd and self._backlog[0][0] is payload:
                 self._backlog.pop(0)
             if owned:
                 os.close(fd)
@@ -136,12 +175,12 @@ class WorkerClient:
     def _flush_backlog(self) -> None:
         while self._backlog and self.lost is None:
             payload, fd, request_id, owned = self._backlog[0]
-            if request_id not in self._pending:  # given up on meanwhile
+            if request_id and request_id not in self._pending:  # given up on meanwhile
                 if owned:
                     os.close(fd)
             elif not self._try_send(payload, fd, owned):
                 return
-            if self._backlog and self._backlog[0][1] == fd:
+            if self._backlog and self._backlog[0][0] is payload:
                 self._backlog.pop(0)
         if self.lost is None:
             self._loop.modify(self._fd, EPOLLIN)
@@ -193,10 +232,15 @@ class WorkerClient:
         except ChannelError as exc:
             self._lose(f"undecodable answer from the worker: {exc}")
             return
-        if isinstance(message, (SgIoResult, Refused)):
-            on_answer = self._pending.pop(message.id, None)
-            if on_answer is not None:
+        if isinstance(message, (SgIoResult, Refused, Identified, PolicyReloaded)):
+            waiting = self._pending.pop(message.id, None)
+            if waiting is not None:
+                on_answer, answers = waiting
                 self._deadlines.discard(message.id)
+                if not isinstance(message, answers):
+                    self._lose(f"{type(message).__name__} answers a request it does not "
+                               "belong to")
+                    return
                 on_answer(message)
             elif 0 < message.id <= self._last_id:
                 log.debug("late answer %d for a request nobody waits for", message.id)
@@ -210,9 +254,9 @@ class WorkerClient:
             self._lose(f"unexpected {type(message).__name__} from the worker")
 
     def _expired(self, key: Hashable) -> None:
-        on_answer = self._pending.pop(key, None)  # type: ignore[call-overload]
-        if on_answer is not None:
-            on_answer(NoAnswer(self._deadlines.duration))
+        waiting = self._pending.pop(key, None)  # type: ignore[call-overload]
+        if waiting is not None:
+            waiting[0](NoAnswer(self._deadlines.duration))
 
     def _lose(self, reason: str) -> None:
         if self.lost is not None:
@@ -224,7 +268,7 @@ class WorkerClient:
                 os.close(fd)
         self._backlog.clear()
         pending, self._pending = self._pending, {}
-        for request_id, on_answer in pending.items():
+        for request_id, (on_answer, _) in pending.items():
             self._deadlines.discard(request_id)
             on_answer(WorkerLost(reason))
         self.on_lost(reason)

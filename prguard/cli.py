@@ -158,6 +158,35 @@ OPTION_GROUPS = (
                man="The supplementary group the path opener keeps, so that it can open the "
                    "path nodes (/dev/sdX, usually root:disk 0660). A name or a numeric "
                    "gid. Not used without -u/-g."),
+        Option("audit-log", arg="FILE",
+               help=("append an audit record of each request to FILE",),
+               man="One JSON line per PERSISTENT RESERVE OUT forwarded (written before it "
+                   "is sent, and again with its outcome), per request refused and, with "
+                   "--audit-reads, per PERSISTENT RESERVE IN: who asked, for which LU, "
+                   "what, and the answer; each line carries the SHA-256 of the one before "
+                   "(prguard-audit(1) verifies and shows them). Opened before prguard "
+                   "drops privileges; its directory must be writable by the -u user for a "
+                   "rotation (a rename) to be followed. A PR OUT whose record cannot be "
+                   "written is not sent (CHECK CONDITION 04/44/00); its outcome is not "
+                   "passed on if that cannot be recorded (0b/08/00). docs/AUDIT.md."),
+        Option("audit-journal",
+               help=("send the audit records to the journal too",),
+               man="Each record as a journal entry with MESSAGE_ID "
+                   "b1f3a0c6e2d84f5e9a7c3d1e8f6b2a40 and PRGUARD_* fields "
+                   "(journalctl MESSAGE_ID=b1f3a0c6e2d84f5e9a7c3d1e8f6b2a40 "
+                   "PRGUARD_VM=web02). Without --audit-log the journal is where a record "
+                   "must be written for a PR OUT to be sent."),
+        Option("audit-sync",
+               help=("each record on stable storage before the reply",),
+               man="fdatasync after each record of --audit-log."),
+        Option("audit-reads",
+               help=("record PERSISTENT RESERVE IN requests too",)),
+        Option("policy", arg="FILE",
+               help=("tenant policy: which client may do what on which LU",),
+               man="A TOML file of rules (docs/POLICY.md). A request the policy refuses "
+                   "is answered CHECK CONDITION 05/20/02 (ACCESS DENIED). SIGUSR1 reads "
+                   "the file again without dropping connections; a file that cannot be "
+                   "used leaves the policy in force."),
         Option("check-policy", arg="FILE",
                help=("check a tenant policy file, print its rules and exit",),
                man="Reads FILE as --policy would and prints the rules in force, in the "
@@ -175,8 +204,10 @@ SHORT_WITH_ARG = {o.short for o in OPTIONS.values() if o.short and o.arg}
 SHORT_FLAGS = {o.short for o in OPTIONS.values() if o.short and not o.arg}
 #: The C helper's long options: name -> short letter (a unique prefix is accepted).
 C_LONG = {o.long: o.short for g in OPTION_GROUPS if not g.own for o in g.options}
-#: prguard's own long options (all take an argument); exact spelling only.
+#: prguard's own long options; exact spelling only.
 OWN_LONG = {o.long for g in OPTION_GROUPS if g.own for o in g.options}
+#: Of which these take an argument (the others are flags).
+OWN_LONG_WITH_ARG = {o.long for g in OPTION_GROUPS if g.own for o in g.options if o.arg}
 
 
 class UsageError(Exception):
@@ -214,6 +245,11 @@ class Options:
     print_seccomp: str | None = None
     check_policy: str | None = None
     metrics_file: str | None = None
+    audit_log: str | None = None
+    audit_journal: bool = False
+    audit_sync: bool = False
+    audit_reads: bool = False
+    policy: str | None = None
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_per_peer: int = DEFAULT_MAX_PER_PEER
     client_timeout: float = DEFAULT_MESSAGE_DEADLINE
@@ -326,6 +362,19 @@ def _apply(opts: Options, key: str, value: str | None, warn: Callable[[str], Non
         if not value or not value.startswith("/"):
             raise UsageError(f"--metrics-file takes an absolute path, not '{value}'")
         opts.metrics_file = value
+    elif key == "audit-log":
+        assert value is not None
+        if not value:
+            raise UsageError("--audit-log needs a file name")
+        opts.audit_log = value
+    elif key == "audit-journal":
+        opts.audit_journal = True
+    elif key == "audit-sync":
+        opts.audit_sync = True
+    elif key == "audit-reads":
+        opts.audit_reads = True
+    elif key == "policy":
+        opts.policy = value
     elif key == "max-connections":
         assert value is not None
         opts.max_connections = int(_positive(key, value, int))
@@ -382,7 +431,7 @@ def parse(argv: list[str], warn: Callable[[str], None]) -> Options:
                 if eq and "unrecognized" in str(exc):
                     raise UsageError(f"unrecognized option '{word}'", getopt=True) from None
                 raise
-            takes_arg = key in SHORT_WITH_ARG or key in OWN_LONG
+            takes_arg = key in SHORT_WITH_ARG or key in OWN_LONG_WITH_ARG
             full = next((n for n, k in C_LONG.items() if k == key), key)
             if not takes_arg:
                 if eq:
@@ -427,6 +476,10 @@ def parse(argv: list[str], warn: Callable[[str], None]) -> Options:
                 else:
                     raise UsageError(f"invalid option -- '{letter}'", getopt=True)
         # operands are ignored, as the C helper ignores them
+    if opts.audit_sync and opts.audit_log is None:
+        raise UsageError("--audit-sync needs --audit-log (it syncs that file)")
+    if opts.audit_reads and opts.audit_log is None and not opts.audit_journal:
+        raise UsageError("--audit-reads needs --audit-log or --audit-journal")
     return opts
 
 

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-from prguard import __version__, cli, daemon, listen, logs, trace_option
+from prguard import __version__, audit_setup, cli, daemon, listen, logs, trace_option
 from prguard.broker import main as broker_main
 from prguard.opener import main as opener_main
 from prguard.shared import fdpin, landlock, policy_file, sandbox
@@ -89,8 +89,8 @@ PROBE_VARIABLE = "PRGUARD_SECCOMP_PROBE"
 PRINT_VARIABLES: dict[str, int | None] = {
     "TRACE_FD": 1002, "WAKEUP_FD": 1003, "CHANNEL_FD": 1004, "METRICS_DIR_FD": 1005,
     "METRICS_A_FD": 1006, "METRICS_B_FD": 1007, "JANITOR_FD": 1008, "CONN_FD": 1009,
-    "DIR_FD": 1010, "OPENER_FD": 1011, "FD_BOUNDARY": 1024, "WORKER_PID": 99999,
-    "OPENER_PID": 99998,
+    "DIR_FD": 1010, "OPENER_FD": 1011, "AUDIT_FD": 1012, "AUDIT_DIR_FD": 1013,
+    "JOURNAL_FD": 1014, "FD_BOUNDARY": 1024, "WORKER_PID": 99999, "OPENER_PID": 99998,
 }
 
 
@@ -126,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         trace_sink = _trace_sink(opts.trace)
         multipath = _multipath(opts, _identity(opts))
+        if opts.policy is not None:  # a reload, handled once the broker serves
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        audit = audit_setup.open_audit(opts)
+    except audit_setup.AuditSetupError as exc:
+        logs.line(f"{name}:{exc}" if exc.located else f"{name}: {exc}")
+        return 1
     except cli.UsageError as exc:
         _report(prog, exc)
         return 1
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if listener.socket_file is not None:
             listener.socket_file.remove()
         return 1
-    return _fork_pair(opts, listener, trace_sink, pidfile_fd, multipath)
+    return _fork_pair(opts, listener, trace_sink, pidfile_fd, multipath, audit)
 
 
 def _fork_opener(identity: Identity | None, setup: MultipathSetup, probe: str | None,
@@ -184,7 +190,8 @@ def _fork_opener(identity: Identity | None, setup: MultipathSetup, probe: str | 
 
 
 def _fork_pair(opts: cli.Options, listener: listen.Listener, trace_sink: TextIO | None,
-               pidfile_fd: int | None, multipath: MultipathSetup | None) -> int:
+               pidfile_fd: int | None, multipath: MultipathSetup | None,
+               audit: worker_main.AuditSetup | None = None) -> int:
     identity = _identity(opts)
     probe = os.environ.pop(PROBE_VARIABLE, "")
     probe_role, _, probe_call = probe.partition(":")
@@ -206,9 +213,12 @@ def _fork_pair(opts: cli.Options, listener: listen.Listener, trace_sink: TextIO 
             sg_timeout_ms=int(opts.sg_timeout * 1000),
             threads=opts.sg_threads,
             per_device=opts.sg_per_device,
+            audit=audit,
             seccomp_probe=probe_call if probe_role == "worker" else None,
         ))
     worker_end.close()
+    if audit is not None:
+        audit.close()  # the worker writes the records; the broker holds none of it
     opener = None
     if multipath is not None:
         opener_pid, opener_end = _fork_opener(
@@ -223,6 +233,10 @@ def _fork_pair(opts: cli.Options, listener: listen.Listener, trace_sink: TextIO 
             message_deadline=opts.client_timeout, reply_deadline=opts.client_timeout,
             worker_deadline=opts.sg_timeout + broker_main.WORKER_GRACE),
         metrics_path=opts.metrics_file, version=__version__, flush_logs=logs.flush_suppressed,
+        identify_clients=audit is not None,
+        forward_refusals=audit is not None and (audit.file is not None
+                                                 or audit.journal is not None),
+        relay_policy_reload=audit is not None and audit.policy is not None,
         seccomp_probe=probe_call if probe_role == "broker" else None,
         opener=opener,
     ))

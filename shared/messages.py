@@ -27,8 +27,8 @@ VERSION = 1
 MAX_MESSAGE_SIZE = DATA_SIZE + 1024
 MAX_REASON = 200
 MAX_ID = 2**63 - 1
-#: Most fields of any message (SgIoResult), plus version and type.
-MAX_ITEMS = 6
+#: Most fields of any message (Identify), plus version and type.
+MAX_ITEMS = 7
 
 Body = tuple[Any, ...]
 
@@ -36,11 +36,16 @@ Body = tuple[Any, ...]
 class MsgType(IntEnum):
     SGIO_REQUEST = 0x10  #: broker -> worker, with the device fd
     SGIO_RESULT = 0x11  #: worker -> broker: the command ran; its reply
+    IDENTIFY = 0x12  #: broker -> worker: a new client connection (audit, policy)
     REFUSED = 0x13  #: worker -> broker: re-validation refused the request; status, sense
+    FORGET = 0x14  #: broker -> worker: a client connection is gone (no answer)
     MALFORMED = 0x15  #: worker -> broker: a datagram it could not decode at all
+    RELOAD_POLICY = 0x16  #: broker -> worker: read the --policy file again
     READY = 0x17  #: worker or opener -> broker, once: privileges dropped, serving
     PROBE = 0x18  #: broker -> worker: a liveness probe, no fd (the watchdog)
     ALIVE = 0x19  #: worker -> broker: a thread free of devices took the probe
+    IDENTIFIED = 0x1B  #: worker -> broker: the connection's client is known
+    POLICY_RELOADED = 0x1D  #: worker -> broker: whether the reload took
     MAP_REQUEST = 0x20  #: broker -> opener, with a map's fd: check it, open its paths
     MAP_PATHS = 0x21  #: opener -> broker: the map's uuid and paths; PATH_FDs follow
     PATH_FD = 0x23  #: opener -> broker, with one path's fd (write-only)
@@ -93,21 +98,25 @@ def _check_reason(value: object) -> None:
 @dataclass(frozen=True, slots=True)
 class SgIoRequest(Message):
     """Run this CDB on the attached fd. `data` is the PR OUT parameter list (empty for PR
-    IN); the worker derives direction and buffer sizes itself."""
+    IN); the worker derives direction and buffer sizes itself. `connection` names the
+    client connection the broker introduced with Identify (0: none, when neither audit
+    nor policy is on)."""
 
     TYPE: ClassVar[MsgType] = MsgType.SGIO_REQUEST
-    FIELDS: ClassVar[int] = 3
+    FIELDS: ClassVar[int] = 4
     id: int
     cdb: bytes
     data: bytes
+    connection: int = 0
 
     def __post_init__(self) -> None:
         _check_int("id", self.id, 0, MAX_ID)
         _check_bytes("cdb", self.cdb, CDB_SIZE, CDB_SIZE)
         _check_bytes("data", self.data, 0, DATA_SIZE)
+        _check_int("connection", self.connection, 0, MAX_ID)
 
     def body(self) -> Body:
-        return (self.id, self.cdb, self.data)
+        return (self.id, self.cdb, self.data, self.connection)
 
     @classmethod
     def from_body(cls, body: Body) -> SgIoRequest:
@@ -381,6 +390,35 @@ class PathFd(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Identify(Message):
+    """A client connected: SO_PEERCRED's pid, uid and gid, and a pidfd of the process as
+    SCM_RIGHTS where the kernel has SO_PEERPIDFD. The worker reads the client's identity
+    itself and answers Identified; requests name the connection from then on."""
+
+    TYPE: ClassVar[MsgType] = MsgType.IDENTIFY
+    FIELDS: ClassVar[int] = 5
+    id: int
+    connection: int
+    pid: int
+    uid: int
+    gid: int
+
+    def __post_init__(self) -> None:
+        _check_int("id", self.id, 0, MAX_ID)
+        _check_int("connection", self.connection, 1, MAX_ID)
+        _check_int("pid", self.pid, 0, 2**31 - 1)
+        _check_int("uid", self.uid, 0, 2**32 - 1)
+        _check_int("gid", self.gid, 0, 2**32 - 1)
+
+    def body(self) -> Body:
+        return (self.id, self.connection, self.pid, self.uid, self.gid)
+
+    @classmethod
+    def from_body(cls, body: Body) -> Identify:
+        return cls(*body)
+
+
+@dataclass(frozen=True, slots=True)
 class MapRefused(Message):
     """The MapRequest's fd is not a map prguard serves (or its paths are not all whole
     SCSI disks); nothing was opened. `not_device_mapper`: certainly no device-mapper
@@ -406,10 +444,92 @@ class MapRefused(Message):
         return cls(*body)
 
 
+@dataclass(frozen=True, slots=True)
+class Identified(Message):
+    """The worker knows the client of the connection Identify `id` introduced."""
+
+    TYPE: ClassVar[MsgType] = MsgType.IDENTIFIED
+    FIELDS: ClassVar[int] = 1
+    id: int
+
+    def __post_init__(self) -> None:
+        _check_int("id", self.id, 0, MAX_ID)
+
+    def body(self) -> Body:
+        return (self.id,)
+
+    @classmethod
+    def from_body(cls, body: Body) -> Identified:
+        return cls(*body)
+
+
+@dataclass(frozen=True, slots=True)
+class Forget(Message):
+    """A connection is closed and has no request in flight; no answer."""
+
+    TYPE: ClassVar[MsgType] = MsgType.FORGET
+    FIELDS: ClassVar[int] = 1
+    connection: int
+
+    def __post_init__(self) -> None:
+        _check_int("connection", self.connection, 1, MAX_ID)
+
+    def body(self) -> Body:
+        return (self.connection,)
+
+    @classmethod
+    def from_body(cls, body: Body) -> Forget:
+        return cls(*body)
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPolicy(Message):
+    """Read the --policy file again (the broker got SIGUSR1)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.RELOAD_POLICY
+    FIELDS: ClassVar[int] = 1
+    id: int
+
+    def __post_init__(self) -> None:
+        _check_int("id", self.id, 0, MAX_ID)
+
+    def body(self) -> Body:
+        return (self.id,)
+
+    @classmethod
+    def from_body(cls, body: Body) -> ReloadPolicy:
+        return cls(*body)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyReloaded(Message):
+    """Whether the reload took; `reason` says why not (the old policy stays then)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.POLICY_RELOADED
+    FIELDS: ClassVar[int] = 3
+    id: int
+    ok: bool
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check_int("id", self.id, 0, MAX_ID)
+        if type(self.ok) is not bool:
+            raise ChannelError("ok must be a bool")
+        _check_reason(self.reason)
+
+    def body(self) -> Body:
+        return (self.id, self.ok, self.reason)
+
+    @classmethod
+    def from_body(cls, body: Body) -> PolicyReloaded:
+        return cls(*body)
+
+
 _CLASSES: dict[int, type[Message]] = {
     cls.TYPE.value: cls
-    for cls in (SgIoRequest, SgIoResult, Refused, Malformed, Ready, Probe, Alive, MapRequest,
-                MapPaths, PathFd, MapRefused)
+    for cls in (SgIoRequest, SgIoResult, Refused, Malformed, Ready, Probe, Alive, Identify,
+                Identified, Forget, ReloadPolicy, PolicyReloaded, MapRequest, MapPaths, PathFd,
+                MapRefused)
 }
 _DECODE_ERRORS = (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
                   msgpack.StackError)

@@ -24,13 +24,14 @@ class PolicyFileError(Exception):
 
 
 def read_bytes(path: str, limit: int) -> bytes:
-    """The whole file, with no system call but openat, read and close."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    """The whole file, with no system call but openat, pread and close (what the
+    confined worker may use)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks: list[bytes] = []
         size = 0
         while True:
-            chunk = os.read(fd, 65536)
+            chunk = os.pread(fd, 65536, size)
             if not chunk:
                 return b"".join(chunks)
             size += len(chunk)

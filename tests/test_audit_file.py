@@ -8,11 +8,11 @@ import gzip
 import logging
 import os
 import socket
-import struct
 from pathlib import Path
 
 import pytest
 
+from lab.journal_ns import parse_datagram
 from lab.tiny_disk import fill, tiny_tmpfs
 from prguard.shared.audit_chain import Head, Where, digest, link, verify
 from prguard.shared.audit_record import GENESIS, NEW_CHAIN, Cause, Record, decode
@@ -178,25 +178,6 @@ def journal_socket(path: Path) -> socket.socket:
     sock.bind(str(path))
     sock.settimeout(2)
     return sock
-
-
-def parse_datagram(data: bytes) -> dict[str, bytes]:
-    """The native protocol, read back."""
-    fields: dict[str, bytes] = {}
-    while data:
-        newline = data.index(b"\n")
-        head = data[:newline]
-        if b"=" in head:
-            name, _, value = head.partition(b"=")
-            data = data[newline + 1:]
-        else:
-            name = head
-            (size,) = struct.unpack("<Q", data[newline + 1:newline + 9])
-            value = data[newline + 9:newline + 9 + size]
-            assert data[newline + 9 + size:newline + 10 + size] == b"\n"
-            data = data[newline + 10 + size:]
-        fields[name.decode()] = value
-    return fields
 
 
 def test_the_journal_gets_a_copy_with_searchable_fields(tmp_path: Path) -> None:

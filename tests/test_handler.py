@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import stat
 
 import pytest
 
@@ -90,7 +91,8 @@ def test_what_is_not_a_request_is_malformed(datagram: bytes, reason: str) -> Non
 def test_valid_requests_become_jobs_for_their_device(cdb: bytes, data: bytes,
                                                     facts: FdFacts) -> None:
     job = screen(req(cdb, data), FD, facts)
-    assert job == Job(SgIoRequest(7, cdb, data), FD, facts.rdev)
+    assert job == Job(SgIoRequest(7, cdb, data), FD, facts.rdev,
+                      stat.S_IFCHR if facts is SG else stat.S_IFBLK)
 
 
 def outcome(err: int = 0, status: int = 0, data: bytes = b"", resid: int = 0,

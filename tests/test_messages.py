@@ -11,6 +11,9 @@ from prguard.shared.errors import ChannelError
 from prguard.shared.messages import (
     MAX_MESSAGE_SIZE,
     VERSION,
+    Forget,
+    Identified,
+    Identify,
     Malformed,
     MapPaths,
     MapRefused,
@@ -19,8 +22,10 @@ from prguard.shared.messages import (
     MsgType,
     PathFd,
     PathState,
+    PolicyReloaded,
     Ready,
     Refused,
+    ReloadPolicy,
     SgIoRequest,
     SgIoResult,
     decode,
@@ -30,6 +35,7 @@ from prguard.shared.scsi import PrReply
 SAMPLES: list[Message] = [
     SgIoRequest(1, bytes(16), b""),
     SgIoRequest(2**63 - 1, b"\x5f" + bytes(15), bytes(8192)),
+    SgIoRequest(3, bytes(16), b"", 2**63 - 1),
     SgIoResult(7, PrReply(0x18, bytes(96))),
     SgIoResult(8, PrReply(0, bytes(96), b"k" * 8192)),
     Refused(9, 2, bytes(96), "PR OUT on a read-only fd"),
@@ -41,6 +47,13 @@ SAMPLES: list[Message] = [
                                      PathState(2080, "s" * 32, False)), 1),
     PathFd(6, 2**64 - 1),
     MapRefused(7, "254:3 is not a device-mapper map"),
+    Identify(1, 1, 0, 0, 0),
+    Identify(2**63 - 1, 2**63 - 1, 2**31 - 1, 2**32 - 1, 2**32 - 1),
+    Identified(5),
+    Forget(6),
+    ReloadPolicy(7),
+    PolicyReloaded(7, True, ""),
+    PolicyReloaded(8, False, "policy.toml:3: rule 1: unknown key 'x'"),
 ]
 
 
@@ -51,10 +64,13 @@ def test_round_trip(message: Message) -> None:
     assert decode(wire) == message
 
 
+REQUESTS = {MsgType.SGIO_REQUEST, MsgType.PROBE, MsgType.IDENTIFY, MsgType.FORGET,
+            MsgType.RELOAD_POLICY, MsgType.MAP_REQUEST}
+
+
 def test_types_pair_requests_even_with_answers_odd() -> None:
-    requests = {MsgType.SGIO_REQUEST, MsgType.PROBE, MsgType.MAP_REQUEST}
-    assert all(t % 2 == 0 for t in requests)
-    assert all(t % 2 == 1 for t in MsgType if t not in requests)
+    assert all(t % 2 == 0 for t in REQUESTS)
+    assert all(t % 2 == 1 for t in MsgType if t not in REQUESTS)
 
 
 def pack(body: object) -> bytes:
@@ -62,7 +78,7 @@ def pack(body: object) -> bytes:
     return packed
 
 
-GOOD = [VERSION, int(MsgType.SGIO_REQUEST), 1, bytes(16), b""]
+GOOD = [VERSION, int(MsgType.SGIO_REQUEST), 1, bytes(16), b"", 0]
 
 
 def with_item(index: int, value: object) -> list[object]:
@@ -125,6 +141,13 @@ BAD: list[tuple[str, bytes]] = [
                                 bytes(8) + b"\x01" + b"sd\nb".ljust(32, b"\0"), 0])),
     ("uuid newline", pack([1, 0x21, 1, "mpath-x\nprguard: forged", MapPaths(
         1, "m", (PathState(2, "sdb", True),), 0).body()[2], 0])),
+    ("connection negative", pack(with_item(5, -1))),
+    ("connection bool", pack(with_item(5, False))),
+    ("identify connection 0", pack([1, 0x12, 1, 0, 1, 0, 0])),
+    ("identify uid 2**32", pack([1, 0x12, 1, 1, 1, 2**32, 0])),
+    ("forget connection 0", pack([1, 0x14, 0])),
+    ("reloaded ok as int", pack([1, 0x1D, 1, 1, ""])),
+    ("reloaded long reason", pack([1, 0x1D, 1, False, "x" * 201])),
 ]
 
 

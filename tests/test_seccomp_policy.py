@@ -41,11 +41,17 @@ def test_policy_files_are_complete_and_reviewable(role: str) -> None:
         if rule.syscall == "mmap":
             assert {(c.arg, c.mask, c.value) for c in rule.conditions} == {
                 (2, 0x4, 0), (3, 0x20, 0x20)}
-    # Paths are opened by the worker, read-only (sysfs, under Landlock), and by the path
-    # opener with three exact flag sets (sysfs read, path nodes write-only, under Landlock).
+    # Paths are opened by the worker: read-only (sysfs, /proc, the policy, under
+    # Landlock), or the audit log's name in its directory to append (a rotation), dup3
+    # only onto the audit fd; and by the path opener with three exact flag sets (sysfs
+    # read, path nodes write-only, under Landlock).
     opens = [r for r in policy.allowed if r.syscall == "openat"]
     if role == "worker":
-        assert [str(r) for r in opens] == ["allow openat arg2 & 0xfffffffffff6ffff == 0x0"]
+        assert [str(r) for r in opens] == [
+            "allow openat arg2 & 0xfffffffffff6ffff == 0x0",
+            "allow openat arg0 == $AUDIT_DIR_FD and arg2 == 0xa0441"]
+        assert [str(r) for r in policy.allowed if r.syscall == "dup3"] == [
+            "allow dup3 arg1 == $AUDIT_FD and arg2 == 0x80000"]
     elif role == "opener":
         assert {(c.arg, c.op, c.mask, c.value) for r in opens for c in r.conditions} == {
             (2, "==", None, flags) for flags in OPENER_OPEN_FLAGS}

@@ -83,9 +83,10 @@ HOSTILE_DATAGRAMS = [
     b"",
     b"\x00" * 64,
     os.urandom(512),
-    msgpack.packb([1, 0x10, 1, bytes(16), b"", 1]),  # a field too many
-    msgpack.packb([1, 0x10, "1", bytes(16), b""]),  # id as str
-    msgpack.packb([1, 0x10, 1, bytes(16), bytes(9000)]),  # data over 8192
+    msgpack.packb([1, 0x10, 1, bytes(16), b"", 0, 1]),  # a field too many
+    msgpack.packb([1, 0x10, "1", bytes(16), b"", 0]),  # id as str
+    msgpack.packb([1, 0x10, 1, bytes(16), bytes(9000), 0]),  # data over 8192
+    msgpack.packb([1, 0x10, 1, bytes(16), b"", -1]),  # connection negative
     msgpack.packb({"v": 1, "t": 0x10, "id": 1, "cdb": bytes(16), "data": b""}),  # a map
     b"\x91" * 2000 + b"\x90",  # arrays nested 2000 deep
     msgpack.packb([1, 0x11, 1, 0, bytes(96), b""]),  # an answer sent to the worker

@@ -27,6 +27,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from prguard.shared import fdcheck
 from prguard.shared.audit_chain import Head, head_of
 from prguard.shared.audit_record import NEW_CHAIN, RecordError
 
@@ -154,11 +155,11 @@ class AuditFile:
             self.rotation_error = exc
             return False
         try:
-            now, held = os.fstat(current), os.fstat(self.fd)
+            now, held = fdcheck.fstat(current), fdcheck.fstat(self.fd)
             self.rotation_error = None
-            if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            if (now.dev, now.ino) == (held.dev, held.ino):
                 return False
-            if not stat.S_ISREG(now.st_mode):
+            if not stat.S_ISREG(now.mode):
                 self.rotation_error = OSError(errno.EINVAL, f"{self.path} is not a regular "
                                               "file")
                 return False

@@ -31,12 +31,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prguard.shared import pr_fields
-from prguard.shared.audit_record import ClientIdentity, DeviceIdentity, Record
-from prguard.shared.policy import Policy
+from prguard.shared import policy_file, pr_fields
+from prguard.shared.audit_record import (
+    GENESIS,
+    NEW_CHAIN,
+    ClientIdentity,
+    DeviceIdentity,
+    PolicyChange,
+    Record,
+    Start,
+    utc_text,
+)
+from prguard.shared.policy import Policy, PolicyError
 from prguard.shared.scsi import Opcode, Sense, SenseCode, Status
 from prguard.worker import audit_records as records
+from prguard.worker import client_identity
+from prguard.worker.audit_file import AuditFile
 from prguard.worker.device_identity import DeviceIdentities
+from prguard.worker.journal import JournalSink
 from prguard.worker.recorder import Recorder
 from prguard.worker.sgio import SgIoOutcome
 
@@ -109,16 +121,103 @@ class Admitted:
 Clock = Callable[[], int]
 
 
+@dataclass(frozen=True)
+class AuditSetup:
+    """What the launcher opened and read before the fork, for the worker: the audit
+    sinks (--audit-log, --audit-journal), --audit-sync, --audit-reads, the --policy."""
+
+    file: AuditFile | None = None
+    journal: JournalSink | None = None
+    sync: bool = False
+    reads: bool = False
+    policy: Policy | None = None
+    policy_path: str | None = None
+
+    def close(self) -> None:
+        """In a process that does not write records (the broker, after the fork)."""
+        if self.file is not None:
+            os.close(self.file.fd)
+            os.close(self.file.dir_fd)
+        if self.journal is not None:
+            self.journal.sock.close()
+
+    def fds(self) -> dict[str, int | None]:
+        """The fds the worker's seccomp policy names."""
+        return {"AUDIT_FD": self.file.fd if self.file else None,
+                "AUDIT_DIR_FD": self.file.dir_fd if self.file else None,
+                "JOURNAL_FD": self.journal.fileno() if self.journal else None}
+
+
 class Guard:
     def __init__(self, recorder: Recorder | None, audit_reads: bool,
                  policy: PolicyHolder | None, identities: DeviceIdentities,
-                 clock: Clock = time.time_ns, monotonic: Clock = time.monotonic_ns) -> None:
+                 clock: Clock = time.time_ns, monotonic: Clock = time.monotonic_ns,
+                 policy_path: str | None = None) -> None:
         self.recorder = recorder
         self.audit_reads = audit_reads
         self.policy = policy
+        self.policy_path = policy_path
         self.identities = identities
+        self.clients = Clients()
         self._clock = clock
         self._monotonic = monotonic
+
+    @classmethod
+    def from_setup(cls, setup: AuditSetup) -> Guard:
+        recorder = (Recorder(setup.file, setup.journal, setup.sync)
+                    if setup.file is not None or setup.journal is not None else None)
+        holder = PolicyHolder(setup.policy) if setup.policy is not None else None
+        return cls(recorder, setup.reads, holder, DeviceIdentities(),
+                   policy_path=setup.policy_path)
+
+    # -- the worker's life -----------------------------------------------------------------
+
+    def start(self, version: str, pid: int) -> None:
+        """The `start` record: where the chain continues from, what is in force."""
+        if self.recorder is None:
+            return
+        continues = (self.recorder.continues_from if self.recorder.continues_from
+                     else NEW_CHAIN)
+        self.recorder.write(Record(
+            seq=1, prev=GENESIS, time=utc_text(self._clock()), kind="start",
+            start=Start(version=version, pid=pid, continues=continues,
+                        audit_reads=self.audit_reads, audit_sync=self.recorder.syncs,
+                        policy=self.policy.current.sha256 if self.policy else None)))
+
+    def identify(self, connection: int, pid: int, uid: int, gid: int,
+                 pidfd: int | None) -> ClientIdentity:
+        """A connection the broker introduces: read who it is, remember it."""
+        identity = client_identity.identify(pid, uid, gid, pidfd,
+                                            client_identity.boot_ticks())
+        if not self.clients.add(connection, identity):
+            log.warning("worker: %d client connections known already; connection %d is "
+                        "recorded as an unknown client", len(self.clients), connection)
+        return identity
+
+    def reload_policy(self) -> tuple[bool, str]:
+        """Read --policy again; on any problem the policy in force stays."""
+        if self.policy is None or self.policy_path is None:
+            return False, "no --policy was given"
+        try:
+            policy = policy_file.read_policy(self.policy_path)
+        except (PolicyError, policy_file.PolicyFileError) as exc:
+            log.error("policy reload refused, the policy in force stays: %s", exc)
+            if self.recorder is not None:
+                self.recorder.write(Record(
+                    seq=1, prev=GENESIS, time=utc_text(self._clock()), kind="policy",
+                    policy=PolicyChange(result="refused", reason=str(exc)[:1000])))
+            return False, str(exc)
+        self.policy.current = policy
+        log.warning("policy reloaded: %s, %d rule(s) and the default, sha256 %s",
+                    policy.source, len(policy.rules), policy.sha256)
+        if self.recorder is not None:
+            self.recorder.write(Record(
+                seq=1, prev=GENESIS, time=utc_text(self._clock()), kind="policy",
+                policy=PolicyChange(result="loaded", sha256=policy.sha256,
+                                    rules=len(policy.rules))))
+        return True, ""
+
+    # -- requests --------------------------------------------------------------------------
 
     def _device(self, mode: int, rdev: int) -> DeviceIdentity:
         return self.identities.resolve(mode, rdev)
@@ -190,3 +289,29 @@ class Guard:
                   admitted.issued_seq)
         return Refusal(Status.CHECK_CONDITION, UNRECORDED_OUTCOME,
                        "outcome could not be recorded")
+
+
+def warm_up(guard: Guard, outcome: SgIoOutcome) -> None:
+    """Every code path of the guard once, before lockdown, writing nothing: imports,
+    the JSON encoder, hashing, the journal's fields, the policy, /proc and sysfs reads."""
+    from prguard.shared import audit_render
+    from prguard.shared.audit_chain import Head, chained
+    from prguard.worker.journal import datagram, record_fields
+
+    client = client_identity.identify(os.getpid(), 0, 0, None, client_identity.boot_ticks())
+    device = guard.identities.resolve(0o60000, os.makedev(7, 1 << 19))
+    for cdb, data in ((b"\x5f" + bytes(6) + b"\x00\x18" + bytes(7), bytes(24)),
+                      (b"\x5e" + bytes(15), b"")):
+        command = records.command_of(cdb, data)
+        if guard.policy is not None:
+            guard.policy.current.decide(client, device, pr_fields.decode(cdb, data))
+        record = records.request_record(guard._clock(), "command", client, device, command,
+                                        phase="issuing")
+        done = records.done(record, guard._clock(), 1, records.answer_of(
+            int(Status.CHECK_CONDITION), Sense.INVALID_FIELD.fixed_format()),
+            records.cause_of(outcome), 1)
+        linked, line, head = chained(done, Head())
+        datagram(record_fields(linked, line[:-1], head.hash, audit_render.line(linked)))
+    records.refusal(records.BY_POLICY, "warm-up")
+    chained(Record(seq=1, prev=GENESIS, time=utc_text(0), kind="policy",
+                   policy=PolicyChange(result="loaded")), Head())

@@ -2,7 +2,8 @@
 
 Runs in a child forked by the launcher before any thread exists. Order: signals,
 privileges, parent-death signal (after the uid change, which resets it), Landlock (read
-beneath /sys/devices, nothing else; before any thread), the pinned fds, the receiving
+beneath /sys/devices, nothing else, unless the audit or the policy needs more: see
+`landlock_rules`; before any thread), the pinned fds, the receiving
 threads (each receives a request and runs its SG_IO itself), a warm-up of every code
 path they use, the seccomp filter (all threads), then Ready.
 Exits 0 when the broker closes the channel in an orderly way, 1 when the broker died
@@ -25,16 +26,25 @@ from typing import NoReturn
 
 import prctl
 
+from prguard import __version__
 from prguard.shared import fdcheck, fdpass, fdpin, landlock, privileges, sandbox, sysfs
 from prguard.shared.errors import ChannelError
 from prguard.shared.messages import Malformed, Probe, Ready, SgIoRequest, decode
+from prguard.shared.policy_file import GROUP, PASSWD
 from prguard.shared.privileges import Identity
+from prguard.worker import guard as audit_guard
 from prguard.worker import handler, sgio
+from prguard.worker.audit_file import AuditFile
+from prguard.worker.client_identity import PROC
 from prguard.worker.device_gate import DeviceGate
+from prguard.worker.guard import AuditSetup, Guard
+from prguard.worker.journal import SOCKET as JOURNAL_SOCKET
+from prguard.worker.journal import JournalSink
 from prguard.worker.outcome import map_outcome
 
 #: All the launcher uses of the worker.
-__all__ = ["WorkerConfig", "serve"]
+__all__ = ["JOURNAL_SOCKET", "AuditFile", "AuditSetup", "JournalSink", "WorkerConfig",
+           "serve"]
 
 log = logging.getLogger("prguard.worker")
 
@@ -53,8 +63,37 @@ class WorkerConfig:
     sg_timeout_ms: int
     threads: int
     per_device: int
+    #: the audit sinks and the policy, opened and read by the launcher (None: neither)
+    audit: AuditSetup | None = None
     #: tests only: a forbidden syscall to attempt once confined (docs/SECURITY.md)
     seccomp_probe: str | None = None
+
+
+def landlock_rules(audit: AuditSetup | None) -> tuple[list[landlock.Beneath], list[int]]:
+    """What the worker may reach by path once confined: sysfs attributes of devices, read
+    only; with the audit or the policy also /proc (the clients' identities, read-only),
+    the audit log's directory (create and append: a rotated log's new file), the policy
+    file's directory and the account files (read-only: a reload). Also the fds opened
+    for the rules, to close once they are in force."""
+    rules = list(LANDLOCK_RULES)
+    opened: list[int] = []
+    if audit is None:
+        return rules, opened
+    rules.append(landlock.Beneath(landlock.READ_FILE, path=PROC))
+    if audit.file is not None:
+        rules.append(landlock.Beneath(landlock.WRITE_FILE | landlock.MAKE_REG,
+                                      fd=audit.file.dir_fd))
+    if audit.policy_path is not None:
+        rules.append(landlock.Beneath(landlock.READ_FILE,
+                                      path=os.path.dirname(os.path.abspath(audit.policy_path))))
+        for accounts in (PASSWD, GROUP):
+            try:
+                fd = os.open(accounts, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue  # no such file: names in a policy then resolve to nothing
+            opened.append(fd)
+            rules.append(landlock.Beneath(landlock.READ_FILE, fd=fd))
+    return rules, opened
 
 
 def _die(message: str, code: int = 1) -> NoReturn:
@@ -73,7 +112,7 @@ def _send(channel: socket.socket, payload: bytes, broker_pid: int) -> None:
         _die(f"worker: cannot answer the broker ({exc.strerror}); exiting")
 
 
-def _warm_up(timeout_ms: int) -> None:
+def _warm_up(timeout_ms: int, guard: Guard | None = None) -> None:
     """Run each code path once so nothing is imported or first-touched once confined."""
     facts = fdcheck.inspect_fd(2, with_sysfs=True)
     sysfs.warm_up()  # under Landlock already: as a request's lookups
@@ -83,10 +122,12 @@ def _warm_up(timeout_ms: int) -> None:
     handler.screen(request.encode(), 2, facts)
     handler.screen(b"\xc1", None, None)
     alive = handler.screen(Probe(1).encode(), None, None)
-    assert not isinstance(alive, handler.Job)
+    assert alive is not None and not isinstance(alive, handler.Job)
     alive.encode()
     outcome = sgio.issue(2, request.cdb, b"", timeout_ms)  # ENOTTY on stderr: the whole path
     map_outcome(outcome, 24, pr_in=True)
+    if guard is not None:
+        audit_guard.warm_up(guard, outcome)  # under Landlock already, as requests are
     log.debug("worker: warm-up done")
 
 
@@ -105,15 +146,22 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
             _die("worker: the broker died; exiting")
 
     signal.signal(signal.SIGTERM, on_term)
-    # The worker needs stdio and its channel; whatever else it inherited (the listening
-    # socket's directory, a pidfile a parent holds locked, ...) is closed here.
-    fdpin.close_all_but({0, 1, 2, channel.fileno()})
+    if config.audit is not None and config.audit.policy is not None:
+        # The broker relays a reload over the channel; a SIGUSR1 sent to the whole
+        # unit must not end the worker.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    audit_fds = {fd for fd in (config.audit.fds() if config.audit else {}).values()
+                 if fd is not None}
+    # The worker needs stdio, its channel and the audit sinks; whatever else it inherited
+    # (the listening socket's directory, a pidfile a parent holds locked, ...) is closed.
+    fdpin.close_all_but({0, 1, 2, channel.fileno(), *audit_fds})
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     run_sg_io = partial(sgio.issue, timeout_ms=config.sg_timeout_ms)
+    guard = Guard.from_setup(config.audit) if config.audit is not None else None
 
     def execute(job: handler.Job) -> None:
         try:
-            result = handler.run(job, run_sg_io)
+            result = handler.run(job, run_sg_io, guard)
         except Exception as exc:  # noqa: BLE001  (pool-thread boundary: log, then exit)
             _die(f"worker: internal error running request {job.request.id}: {exc!r}", 70)
         finally:
@@ -131,14 +179,20 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1)
         # Before any thread: a Landlock domain covers the calling thread and those it
         # starts later, not threads that already exist.
-        landlock.restrict(LANDLOCK_RULES)
-        fdpin.hold(channel)
-        variables: sandbox.Variables = {"CHANNEL_FD": channel.fileno()}
+        rules, opened = landlock_rules(config.audit)
+        try:
+            landlock.restrict(rules)
+        finally:
+            for fd in opened:
+                os.close(fd)
+        fdpin.hold(channel, config.audit)
+        variables: sandbox.Variables = {"CHANNEL_FD": channel.fileno(),
+                                        **(config.audit.fds() if config.audit else {})}
         # While single-threaded: every fd a thread receives lands above the boundary.
-        variables["FD_BOUNDARY"] = fdpin.seal([2, channel.fileno()])
+        variables["FD_BOUNDARY"] = fdpin.seal([2, channel.fileno(), *audit_fds])
         gate = DeviceGate(config.per_device, execute)
         receivers = [threading.Thread(target=_receive_loop, name=f"sgio-{i}", daemon=True,
-                                      args=(channel, gate, broker_pid))
+                                      args=(channel, gate, broker_pid, guard))
                      for i in range(config.threads - 1)]
         for started, thread in enumerate(receivers, 1):  # no clone once confined
             try:
@@ -147,7 +201,7 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
                 _die(f"worker: cannot start SG_IO thread {started + 1} of {config.threads} "
                      f"({exc}): the unit's TasksMax= (or RLIMIT_NPROC) must allow "
                      f"--sg-threads + 1 tasks")
-        _warm_up(config.sg_timeout_ms)
+        _warm_up(config.sg_timeout_ms, guard)
         sandbox.lock_down(seccomp_policy, variables)
     except (OSError, privileges.PrivilegeError, sandbox.SandboxError,
             landlock.LandlockError) as exc:
@@ -157,8 +211,10 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
         _die(f"worker: seccomp let {probe} through", 3)
     log.debug("worker: pid %d serving; SG_IO timeout %d ms, %d threads, %d per device",
               os.getpid(), config.sg_timeout_ms, config.threads, config.per_device)
+    if guard is not None:
+        guard.start(__version__, os.getpid())  # under the filter: the record path works
     _send(channel, Ready(os.getpid()).encode(), broker_pid)
-    _receive_loop(channel, gate, broker_pid)  # the main thread is one more
+    _receive_loop(channel, gate, broker_pid, guard)  # the main thread is one more
 
 
 #: Seconds an EOF waits to tell a broker that stopped from one that died: the kernel
@@ -178,7 +234,8 @@ def _end_of_channel(broker_pid: int) -> NoReturn:
     os._exit(0)
 
 
-def _receive_loop(channel: socket.socket, gate: DeviceGate, broker_pid: int) -> NoReturn:
+def _receive_loop(channel: socket.socket, gate: DeviceGate, broker_pid: int,
+                  guard: Guard | None) -> NoReturn:
     """One of the worker's threads: receive a request, check it, run it (or park it)."""
     while True:
         try:
@@ -197,10 +254,11 @@ def _receive_loop(channel: socket.socket, gate: DeviceGate, broker_pid: int) -> 
                 facts = fdcheck.inspect_fd(fd, with_sysfs=True)
             except OSError:
                 facts = None
-        outcome = handler.screen(datagram, fd, facts)
+        outcome = handler.screen(datagram, fd, facts, guard)
         if isinstance(outcome, handler.Job):
             gate.run(outcome)
             continue
         if fd is not None:
             os.close(fd)
-        _send(channel, outcome.encode(), broker_pid)
+        if outcome is not None:
+            _send(channel, outcome.encode(), broker_pid)

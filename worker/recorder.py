@@ -61,6 +61,9 @@ class Recorder:
         self._clock = clock
         self._lock = threading.Lock()
         self.head = file.continuation.head if file is not None else Head()
+        #: the file the chain continues from ("" when it starts here)
+        self.continues_from = (file.continuation.source if file is not None
+                               and file.continuation.head.seq else "")
         self._outage: _Outage | None = None
         self._journal_failing = False
         self._rotation_reported = False
@@ -68,6 +71,10 @@ class Recorder:
     @property
     def sink_name(self) -> str:
         return self._file.path if self._file is not None else "the journal"
+
+    @property
+    def syncs(self) -> bool:
+        return self._sync
 
     @property
     def failing(self) -> bool:
