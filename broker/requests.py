@@ -30,6 +30,8 @@ UNKNOWN_OUTCOME = PrReply.generated(Status.CHECK_CONDITION, Sense.LUN_COMM_FAILU
 
 OnReply = Callable[[bytes], None]
 _CHECK_CONDITION = int(Status.CHECK_CONDITION)
+_ACCESS_DENIED = Sense.ACCESS_DENIED.fixed_format()
+_NO_RECORD = Sense.TARGET_FAILURE.fixed_format()
 
 
 def cdb_text(cdb: bytes) -> str:
@@ -131,6 +133,12 @@ class Requests:
             if self._tracer.on("prguard_refused"):
                 self._tracer.emit("prguard_refused", pid=peer.pid, reason=repr(answer.reason),
                                   status=hex(reply.status), sense=sense_text(reply))
+            if answer.sense == _ACCESS_DENIED:
+                log.warning("%s: %s refused by the policy: %s", peer, cdb_text(request.cdb),
+                            answer.reason)
+                return reply, True, Outcome.REFUSED_POLICY
+            if answer.sense == _NO_RECORD and "audit record" in answer.reason:
+                return reply, True, Outcome.REFUSED_AUDIT  # the worker said so loudly
             if log.isEnabledFor(logging.INFO):
                 log.info("%s: %s -> %s (%s; the worker's answer)", peer,
                          cdb_text(request.cdb), sense_text(reply), answer.reason)

@@ -32,6 +32,8 @@ class Outcome:
     TASK_SET_FULL = "task_set_full"
     OTHER_STATUS = "other_status"
     REFUSED_VALIDATION = "refused_validation"  #: the request rules, broker's or worker's
+    REFUSED_POLICY = "refused_policy"  #: the tenant policy (--policy)
+    REFUSED_AUDIT = "refused_audit"  #: a PR OUT whose audit record could not be written
     WORKER_TIMEOUT = "worker_timeout"  #: no answer within the worker deadline (a limit)
     WORKER_LOST = "worker_lost"  #: the worker died or broke the channel under it
     BAD_ANSWER = "bad_answer"  #: the worker answered what QEMU must not get

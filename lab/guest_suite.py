@@ -45,11 +45,11 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab import dm_maps, lio, sg_persist_side_by_side
+from lab import dm_maps, guest_audit, lio, sg_persist_side_by_side
 from lab.guest_steps import (
     CHECK,
     GOOD,
@@ -109,7 +109,8 @@ SETUP_CASE = "setup.lio-and-helpers"
 #: system call, as on hosts with hpet/acpi_pm/Xen clocks): see tests/test_lab.py
 CLOCK_CASE = "clock.prguard-serves-without-vdso-clock"
 CASES: list[str] = [SETUP_CASE, *(s.name for s in STEPS), *FENCE_CASES,
-                    *sg_persist_side_by_side.CASES, *dm_maps.CASES, CLOCK_CASE]
+                    *sg_persist_side_by_side.CASES, *dm_maps.CASES, CLOCK_CASE,
+                    *guest_audit.CASES]
 if len(set(CASES)) != len(CASES):
     raise AssertionError("duplicate case names in the step table")
 # Agreement alone proves little if both sides failed the same way: every compared step
@@ -215,6 +216,8 @@ class Endpoint:
     devices: Devices  #: node -> {"sd": path, "sg": path}
     proc: subprocess.Popen[bytes] | None = None
     client: Client | None = None
+    #: a connection per node, when the nodes are to be told apart (made by the caller)
+    node_clients: dict[str, Client] = field(default_factory=dict)
 
     def start(self, log_dir: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -234,9 +237,12 @@ class Endpoint:
         except OSError as e:
             return f"cannot open {path}: {e}"
         try:
-            if self.client is None:
-                self.client = Client(self.sock, timeout=REQUEST_TIMEOUT_S)
-            reply = self.client.request(step.cdb, fd, step.params)
+            client = self.node_clients.get(step.node)
+            if client is None:
+                if self.client is None:
+                    self.client = Client(self.sock, timeout=REQUEST_TIMEOUT_S)
+                client = self.client
+            reply = client.request(step.cdb, fd, step.params)
             return reply.status, reply.sense, reply.data
         except (OSError, QemuProtocolError) as e:
             if self.client is not None:
@@ -249,6 +255,8 @@ class Endpoint:
     def stop(self) -> None:
         if self.client is not None:
             self.client.close()
+        for client in self.node_clients.values():
+            client.close()
         if self.proc is not None:
             stop_process(self.proc)
 
@@ -275,9 +283,15 @@ def run_steps(c_side: Endpoint, p_side: Endpoint) -> list[dict[str, Any]]:
 
 
 def run_fence(prguard: Endpoint) -> list[dict[str, Any]]:
-    """fence_scsi: A and B register, A reserves type 5, B preempts A; A's writes fail."""
+    """fence_scsi: A and B register, A reserves type 5, B preempts A; A's writes fail.
+
+    Each node's requests go through a connection made from its own machine scope, as
+    two VMs' QEMUs would (lab/guest_audit.py reads the story back from the audit log)."""
     out: list[dict[str, Any]] = []
     names = iter(FENCE_CASES)
+    for node in ("A", "B"):
+        with guest_audit.as_node(node):
+            prguard.node_clients[node] = Client(prguard.sock, timeout=REQUEST_TIMEOUT_S)
 
     def pr(step: Step) -> Reply | str:
         reply = prguard.request(step)
@@ -370,6 +384,21 @@ def run_dm_cases(devices: Devices, log_dir: Path,
         return [_case(n, False, detail) for n in dm_maps.CASES]
 
 
+def _guarded_all(names: list[str], run: Any) -> list[dict[str, Any]]:
+    """The cases `run` returns, or each of `names` failed with the traceback."""
+    try:
+        found: list[dict[str, Any]] = run()
+    except Exception:  # noqa: BLE001 - every case must say why it did not run
+        detail = "aborted: " + traceback.format_exc()[-3000:]
+        return [_case(name, False, detail) for name in names]
+    done = {r["case"] for r in found}
+    return found + [_case(n, False, "not reported") for n in names if n not in done]
+
+
+def _guarded(name: str, run: Any) -> dict[str, Any]:
+    return _guarded_all([name], run)[0]
+
+
 def side(devices: Devices, prefix: str) -> Devices:
     return {node: devices[prefix + node] for node in ("A", "B", "S") if prefix + node in devices}
 
@@ -389,7 +418,8 @@ def main() -> int:
             t1 = time.monotonic()
             c_side = Endpoint("qemu-pr-helper", [C_HELPER], C_SOCK, side(devices, "c"))
             # Multipath off, like the C helper's build: maps go to SG_IO (or are refused)
-            p_side = Endpoint("prguard", [*PRGUARD, "--multipath=off"], P_SOCK,
+            p_side = Endpoint("prguard", [*PRGUARD, "--multipath=off",
+                                          *guest_audit.audit_args()], P_SOCK,
                               side(devices, "p"))
             for ep in (c_side, p_side):
                 endpoints.append(ep)
@@ -404,6 +434,8 @@ def main() -> int:
         t2 = time.monotonic()
         results += run_steps(c_side, p_side)
         timings["steps_s"] = time.monotonic() - t2
+        results.append(_guarded(guest_audit.WWN_CASE,
+                                lambda: [guest_audit.check_wwns(side(devices, "p"))]))
         t3 = time.monotonic()
         fence = Endpoint("prguard-fence", [], P_SOCK, side(devices, "f"))
         try:
@@ -415,6 +447,8 @@ def main() -> int:
         finally:
             fence.stop()
         timings["fence_s"] = time.monotonic() - t3
+        results += _guarded_all([guest_audit.STORY_CASE, guest_audit.CHAIN_CASE],
+                                lambda: guest_audit.check_story(devices["fA"]["sd"], KA, KB))
         t5 = time.monotonic()
         try:  # prguard-client beside sg_persist, on the fenced LU as the story left it
             results += sg_persist_side_by_side.run(P_SOCK, side(devices, "f"))
@@ -424,6 +458,15 @@ def main() -> int:
             results += [_case(n, False, detail)
                         for n in sg_persist_side_by_side.CASES if n not in done]
         timings["sg_persist_s"] = time.monotonic() - t5
+
+        def start_policy(extra: list[str]) -> Any:
+            ep = Endpoint("prguard-policy", [*PRGUARD, *extra], "/tmp/p3.sock",
+                          side(devices, "f"))
+            ep.start(results_dir)
+            return ep.stop
+
+        results += _guarded_all(guest_audit.POLICY_CASES, lambda: guest_audit.run_policy(
+            "/tmp/p3.sock", side(devices, "f"), KB, start_policy))
         t4 = time.monotonic()
         results.append(run_clock_case(devices, results_dir))
         timings["clock_case_s"] = time.monotonic() - t4
