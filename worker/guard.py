@@ -238,8 +238,11 @@ class Guard:
                rdev: int) -> Admitted | Refusal:
         pr_out = cdb[0] == Opcode.PERSISTENT_RESERVE_OUT
         policy = self.policy.current if self.policy is not None else None
+        recorded = self.recorder is not None and (pr_out or self.audit_reads)
+        if not recorded and policy is None:
+            return Admitted(client, None, pr_out, None, None, 0)  # a PR IN: nothing to do
         device = None
-        if (self.recorder is not None or (policy is not None and policy.needs_device)):
+        if recorded or (policy is not None and policy.needs_device):
             device = self._device(mode, rdev)
         if policy is not None:
             seen = device or DeviceIdentity(dev=f"{os.major(rdev)}:{os.minor(rdev)}")
@@ -256,7 +259,7 @@ class Guard:
                 return Refusal(Status.CHECK_CONDITION, ACCESS_DENIED, decision.reason)
         issuing = None
         issued_seq = None
-        if self.recorder is not None and (pr_out or self.audit_reads):
+        if self.recorder is not None and recorded:
             issuing = records.request_record(self._clock(), "command", client, device,
                                              records.command_of(cdb, data), phase="issuing")
             if pr_out:
