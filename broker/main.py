@@ -289,11 +289,8 @@ def _signals(config: BrokerConfig) -> tuple[int, ...]:
 
 
 def _policy_reloaded(reply: Reply) -> None:
-    if isinstance(reply, PolicyReloaded):
-        if reply.ok:
-            log.info("the worker reloaded the policy")
-        else:
-            log.error("policy reload failed, the policy in force stays: %s", reply.reason)
+    if isinstance(reply, PolicyReloaded):  # the worker has said how it went
+        log.info("policy reload: %s", "done" if reply.ok else f"refused ({reply.reason})")
     else:
         log.error("policy reload: no answer from the worker (%s)", reply)
 

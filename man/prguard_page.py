@@ -77,6 +77,10 @@ def build(layout: Layout) -> Page:
                 "socket prguard created (not an activated one, nor one another instance "
                 "has taken over), exit 0. Received during start-up, they are held until "
                 "the handlers exist.")
+    page.tagged(bold("SIGUSR1"), "With --policy: the worker reads the policy file again; "
+                "connections and requests in flight go on, and a file that cannot be used "
+                "leaves the policy in force (an error line says why). Without --policy, the "
+                "default action, as for qemu-pr-helper.")
     page.tagged(bold("SIGPIPE"), "Ignored by the broker: a client that went away is noticed "
                 "by the failed write.")
     page.paragraph("If the worker dies, the requests in flight are answered CHECK "
@@ -105,7 +109,9 @@ def build(layout: Layout) -> Page:
                 "its --metrics-file, metrics.prom (systemd-tmpfiles).")
     page.tagged(italic(layout.libdir),
                 "prguard's own Python virtual environment; "
-                + f"{layout.bindir}/prguard and prguard-client link into it.")
+                + f"{layout.bindir}/prguard, prguard-client and prguard-audit link into it.")
+    page.tagged(italic("/run/systemd/journal/socket"),
+                "Where --audit-journal sends the audit records (connected at start-up).")
 
     page.section("Security")
     page.paragraph(
@@ -123,6 +129,14 @@ def build(layout: Layout) -> Page:
         "issue SG_IO, open a file or reach into the worker. Connections per client "
         "process, messages and replies are bounded in number and in time (see the "
         "options).")
+    page.paragraph(
+        "With --audit-log, the worker, which issues SG_IO, writes the record of each PR "
+        "OUT before sending it: a compromised broker cannot have one sent unrecorded. The "
+        "client's identity is what the broker vouches for (the worker reads it from a "
+        "pidfd of the client where the kernel gives one); the device, the command and the "
+        "outcome are the worker's own. --policy rules on devices and actions are applied "
+        "by the worker; rules on clients rest on the broker. SECURITY.md, in the source, "
+        "says what each process can still do.")
 
     page.section("Compatibility")
     page.paragraph(
@@ -148,7 +162,7 @@ def build(layout: Layout) -> Page:
 
     page.section("See also")
     page.raw(", ".join(f"{bold(name)}({section})" for name, section in (
-        ("prguard-client", 1), ("qemu-pr-helper", 8), ("sg_persist", 8),
+        ("prguard-client", 1), ("prguard-audit", 1), ("qemu-pr-helper", 8), ("sg_persist", 8),
         ("systemd.socket", 5), ("systemd-sysusers", 8), ("systemd-tmpfiles", 8),
         ("capabilities", 7),
         ("seccomp", 2))))

@@ -5,7 +5,7 @@ was opened; the broker closes its copies."""
 
 from __future__ import annotations
 
-from prguard import cli
+from prguard import __version__, cli
 from prguard.shared import policy_file
 from prguard.shared.policy import PolicyError
 from prguard.worker import main as worker_main
@@ -49,4 +49,4 @@ def open_audit(opts: cli.Options) -> worker_main.AuditSetup | None:
                                   f"{exc.strerror or exc}") from None
     return worker_main.AuditSetup(file=audit_file, journal=journal, sync=opts.audit_sync,
                                   reads=opts.audit_reads, policy=policy,
-                                  policy_path=opts.policy)
+                                  policy_path=opts.policy, version=__version__)

@@ -132,6 +132,8 @@ class AuditSetup:
     reads: bool = False
     policy: Policy | None = None
     policy_path: str | None = None
+    #: prguard's version, for the `start` record
+    version: str = ""
 
     def close(self) -> None:
         """In a process that does not write records (the broker, after the fork)."""

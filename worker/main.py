@@ -26,7 +26,6 @@ from typing import NoReturn
 
 import prctl
 
-from prguard import __version__
 from prguard.shared import fdcheck, fdpass, fdpin, landlock, privileges, sandbox, sysfs
 from prguard.shared.errors import ChannelError
 from prguard.shared.messages import Malformed, Probe, Ready, SgIoRequest, decode
@@ -211,8 +210,8 @@ def serve(channel: socket.socket, config: WorkerConfig) -> NoReturn:
         _die(f"worker: seccomp let {probe} through", 3)
     log.debug("worker: pid %d serving; SG_IO timeout %d ms, %d threads, %d per device",
               os.getpid(), config.sg_timeout_ms, config.threads, config.per_device)
-    if guard is not None:
-        guard.start(__version__, os.getpid())  # under the filter: the record path works
+    if guard is not None and config.audit is not None:  # under the filter: records work
+        guard.start(config.audit.version, os.getpid())
     _send(channel, Ready(os.getpid()).encode(), broker_pid)
     _receive_loop(channel, gate, broker_pid, guard)  # the main thread is one more
 
