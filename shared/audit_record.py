@@ -24,6 +24,7 @@ Kinds:
 from __future__ import annotations
 
 import json
+import re
 import time
 import types
 import typing
@@ -190,19 +191,27 @@ class Record:
             raise RecordError(f"unknown phase {self.phase!r}")
         if (self.phase is not None) != (self.kind == "command"):
             raise RecordError("a command record, and only one, has a phase")
-        if len(self.prev) != 64 or any(c not in "0123456789abcdef" for c in self.prev):
+        if not _HEX64.fullmatch(self.prev):
             raise RecordError("prev must be 64 lowercase hex digits")
         if self.seq < 1:
             raise RecordError("seq starts at 1")
 
 
+_HEX64 = re.compile("[0-9a-f]{64}")
+_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _plain(obj: object) -> dict[str, Any]:
+    cls = type(obj)
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in fields(obj))  # type: ignore[arg-type]
     out: dict[str, Any] = {}
-    for f in fields(obj):  # type: ignore[arg-type]
-        value = getattr(obj, f.name)
+    for name in names:
+        value = getattr(obj, name)
         if value is None:
             continue
-        out[f.name] = _plain(value) if hasattr(value, "__dataclass_fields__") else value
+        out[name] = _plain(value) if hasattr(value, "__dataclass_fields__") else value
     return out
 
 
