@@ -456,3 +456,70 @@ def test_the_janitor_outlives_stop_signals_and_a_killed_broker(pair: Pair) -> No
     while os.path.exists(pair.path) or os.path.exists(f"/proc/{janitor}"):
         assert time.monotonic() < deadline
         time.sleep(0.02)
+
+
+# -- the audited worker (--audit-log, --policy) ----------------------------------------------
+
+AUDIT_OPEN = 0xA0441  # O_WRONLY|O_APPEND|O_CREAT|O_NOFOLLOW|O_CLOEXEC: the rotation check
+
+
+@pytest.fixture
+def audited_pair(sockdir: Path) -> Iterator[tuple[Pair, Path]]:
+    logs = sockdir / "logs"
+    logs.mkdir()
+    (sockdir / "policy").mkdir()
+    (sockdir / "policy" / "policy.toml").write_text('[default]\nallow = "pr-out"\n')
+    target = Pair(sockdir, "--audit-log", str(logs / "audit.log"), "--policy",
+                  str(sockdir / "policy" / "policy.toml"))
+    yield target, logs
+    target.stop()
+
+
+def worker_fd_of(pair: Pair, path: Path) -> int:
+    (fd,) = [fd for fd, target in fd_table(pair.worker).items() if target == str(path)]
+    return fd
+
+
+def test_the_audited_worker_creates_files_in_the_log_directory_and_nowhere_else(
+        audited_pair: tuple[Pair, Path], victim: Path) -> None:
+    """Its rotation check opens the log's name with O_CREAT on the directory's fd: an
+    absolute path ignores that fd, a relative one can climb out; Landlock refuses both."""
+    pair, logs = audited_pair
+    dir_fd = worker_fd_of(pair, logs)
+    with Injector(pair.worker) as inj:
+        fd = inj.call("openat", dir_fd, inj.string("audit.log"), AUDIT_OPEN, 0o640)
+        assert fd > 0 and inj.call("close", fd) == 0
+        fd = inj.call("openat", dir_fd, inj.string("new.log"), AUDIT_OPEN, 0o640)
+        assert fd > 0 and inj.call("close", fd) == 0
+        for path in (str(victim), f"{victim.parent}/made", "../escape", "/etc/prguard-made"):
+            assert errno_name(inj.call("openat", dir_fd, inj.string(path), AUDIT_OPEN,
+                                       0o640)) == "EACCES", path
+        # other flags on the same directory fd: killed
+        assert killed_by_sigsys(inj, "openat", dir_fd, inj.string("audit.log"), O_WRONLY)
+    assert (logs / "new.log").exists()
+    assert not (victim.parent / "made").exists() and not Path("/etc/prguard-made").exists()
+    assert victim.read_text() == "do not touch\n"
+
+
+def test_the_audited_worker_reads_proc_and_its_policy_and_nothing_more(
+        audited_pair: tuple[Pair, Path], victim: Path, sockdir: Path) -> None:
+    pair, _ = audited_pair
+    with Injector(pair.worker) as inj:
+        for path in ("/proc/self/status", f"/proc/{pair.pid}/cgroup",
+                     str(sockdir / "policy" / "policy.toml"), "/etc/passwd", "/etc/group"):
+            fd = inj.call("openat", AT_FDCWD, inj.string(path), 0x80000)
+            assert fd > 0, (path, errno_name(fd))
+            assert inj.call("close", fd) == 0
+        for path in (str(victim), "/etc/hostname", "/etc/shadow", str(sockdir / "p.sock")):
+            assert errno_name(inj.call("openat", AT_FDCWD, inj.string(path), 0x80000)) == \
+                "EACCES", path
+
+
+def test_the_audit_fd_can_be_replaced_only_by_dup3_onto_it(
+        audited_pair: tuple[Pair, Path]) -> None:
+    """dup3 is allowed onto the audit fd's number alone (a rotated log's new file); onto
+    the channel or stderr it is fatal."""
+    pair, logs = audited_pair
+    audit_fd = worker_fd_of(pair, logs / "audit.log")
+    with Injector(pair.worker) as inj:
+        assert killed_by_sigsys(inj, "dup3", audit_fd, 2, 0x80000)
