@@ -193,6 +193,52 @@ def test_verify_names_the_first_broken_record(tmp_path: Path,
     assert out == f"prguard-audit: BROKEN: {problem.format(d=tmp_path)}\n"
 
 
+def _rotated(tmp_path: Path) -> tuple[list[bytes], list[bytes]]:
+    """STORY as logrotate leaves it: the first five records in audit.log.1, the rest in
+    audit.log, one chain."""
+    head = write(tmp_path / "audit.log.1", STORY[:5])
+    write(tmp_path / "audit.log", STORY[5:], head)
+    return ((tmp_path / "audit.log.1").read_bytes().splitlines(keepends=True),
+            (tmp_path / "audit.log").read_bytes().splitlines(keepends=True))
+
+
+@pytest.mark.parametrize(("tamper", "problem"), [
+    (lambda old, new: old.__setitem__(-1, old[-1].replace(b'"GOOD"', b'"BUSY"')),
+     "{d}/audit.log.1:5: record seq 5 was changed: it is not the record {d}/audit.log:1 "
+     "names as its predecessor"),
+    (lambda old, new: old.pop(), "{d}/audit.log:1: 1 record(s) removed before it (seq 5)"),
+    (lambda old, new: new.pop(0), "{d}/audit.log:1: 1 record(s) removed before it (seq 6)"),
+    (lambda old, new: (old.append(new.pop(0)), new.insert(0, old.pop(-2))),
+     "{d}/audit.log.1:5: records out of order: seq 5 is at {d}/audit.log:1, after seq 6"),
+], ids=["edited-last-of-rotated", "deleted-last-of-rotated", "deleted-first-of-new",
+        "swapped-across-the-rotation"])
+def test_verify_catches_tampering_across_a_rotation(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    tamper: object, problem: str) -> None:
+    old, new = _rotated(tmp_path)
+    assert run(capsys, "verify", str(tmp_path / "audit.log.1"),
+               str(tmp_path / "audit.log"))[0] == 0
+    tamper(old, new)  # type: ignore[operator]
+    (tmp_path / "audit.log.1").write_bytes(b"".join(old))
+    (tmp_path / "audit.log").write_bytes(b"".join(new))
+    code, out, _ = run(capsys, "verify", str(tmp_path / "audit.log.1"),
+                       str(tmp_path / "audit.log"))
+    assert code == 1
+    assert out == f"prguard-audit: BROKEN: {problem.format(d=tmp_path)}\n"
+
+
+def test_verify_catches_a_rotated_file_left_out(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    head = write(tmp_path / "audit.log.2", STORY[:3])
+    head = write(tmp_path / "audit.log.1", STORY[3:6], head)
+    write(tmp_path / "audit.log", STORY[6:], head)
+    code, out, _ = run(capsys, "verify", str(tmp_path / "audit.log.2"),
+                       str(tmp_path / "audit.log"))
+    assert code == 1
+    assert out == (f"prguard-audit: BROKEN: {tmp_path}/audit.log:1: 3 record(s) removed "
+                   "before it (seq 4..6)\n")
+
+
 def test_show_reports_damaged_lines_and_goes_on(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     write(tmp_path / "audit.log", STORY[:3])
