@@ -153,7 +153,12 @@ def test_a_socket_path_that_is_not_a_socket_is_refused(tmp: Path, what: str) -> 
             proc.communicate(timeout=10)
             results[program] = None
         else:
-            _, err = proc.communicate(timeout=20)
+            try:
+                _, err = proc.communicate(timeout=20)
+            finally:  # one that serves instead fails the test, and is stopped
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate(timeout=10)
             results[program] = (proc.returncode, err, stat.S_IFMT(os.lstat(path).st_mode))
     assert results[PRGUARD_SCRIPT] == (
         1, f"prguard: {tmp}/prguard.sock exists and is not a socket: not replacing it\n",
