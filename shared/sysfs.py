@@ -21,10 +21,11 @@ worker holds it). So the worker lets through only whole disks and multipath maps
   is refused too (fail closed).
 
 The API: `facts_of(rdev)` gathers the facts (`BlockFacts`) from sysfs, `classify(facts)`
-decides on them (pure), `block_kind(rdev)` is both, failing closed. Paths are
-/sys/dev/block/<major>:<minor>/..., which link into /sys/devices. The worker reads them
-with openat (read-only flags only), pread64 and getdents64, confined by Landlock to
-reading beneath /sys/devices; the broker reads no file after its lock-down, so it leaves
+decides on them (pure), `block_kind(rdev)` is both, failing closed;
+`multipath_holder(rdev)` names the multipath map a disk is a path of (device identity).
+Paths are /sys/dev/block/<major>:<minor>/..., which link into /sys/devices. The worker
+reads them with openat (read-only flags only), pread64 and getdents64, confined by
+Landlock to reading beneath /sys/devices; the broker reads no file after its lock-down, so it leaves
 this decision to the worker.
 """
 
@@ -139,6 +140,29 @@ def _below(rdev: int, root: str) -> tuple[Below, ...]:
     return tuple(Below(name, exists(f"{directory}/{name}/partition"),
                        exists(f"{directory}/{name}/dm/uuid"),
                        _size(f"{directory}/{name}/size")) for name in names)
+
+
+def multipath_holder(rdev: int, root: str = SYS) -> tuple[str, str] | None:
+    """The dm name and uuid of the multipath map whose path block device `rdev` is (the
+    one entry of its `holders/` whose dm uuid starts with `mpath-`); None when it is a
+    path of no such map. What the audit and the policy call the device when multipath
+    sends a map's command down one of its paths. Raises SysfsError."""
+    directory = _path(rdev, "holders", root)
+    fd = _open(directory, os.O_DIRECTORY)
+    if fd is None:
+        return None
+    try:
+        names = sorted(name for name, _ in dirents.entries(fd))
+    except OSError as exc:
+        raise SysfsError(exc.errno, f"{directory}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    maps = []
+    for name in names:
+        uuid = read(f"{directory}/{name}/dm/uuid")
+        if uuid is not None and uuid.startswith(MULTIPATH_UUID_PREFIX):
+            maps.append((read(f"{directory}/{name}/dm/name") or name, uuid))
+    return maps[0] if len(maps) == 1 else None
 
 
 def facts_of(rdev: int, root: str = SYS) -> BlockFacts:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from lab.loopdev import loop_device
 from lab.vpd_pages import descriptor, page80, page83
 from prguard.shared.audit_record import DeviceIdentity
+from prguard.shared.vpd import by_id_names
 from prguard.worker.device_identity import DeviceIdentities, read_attribute
 
 NAA6 = bytes.fromhex("6001405aa11b2c3d4e5f60718293a4b5")
@@ -63,6 +65,45 @@ def test_a_multipath_map_is_named_by_its_lu(tmp_path: Path) -> None:
     assert DeviceIdentities(str(tmp_path)).resolve(BLOCK, DM0) == DeviceIdentity(
         dev="253:0", diskseq=40, wwn="0x6001405aa11b2c3d4e5f60718293a4b5", dm_name="mpatha",
         dm_uuid="mpath-36001405aa11b2c3d4e5f60718293a4b5")
+
+
+def holder(sys: Path, path_rdev: int, name: str, attributes: dict[str, bytes]) -> None:
+    """`name` (a dm map) in the disk's holders/, linked as the kernel links it."""
+    target = sys / "devices" / "virtual" / "block" / name
+    for attribute, value in attributes.items():
+        (target / attribute).parent.mkdir(parents=True, exist_ok=True)
+        (target / attribute).write_bytes(value)
+    holders = sys / "devices" / f"block-{os.major(path_rdev)}:{os.minor(path_rdev)}" / "holders"
+    holders.mkdir(parents=True, exist_ok=True)
+    (holders / name).symlink_to(target)
+
+
+MPATHA = {"dm/name": b"mpatha\n", "dm/uuid": b"mpath-36001405aa11b2c3d4e5f60718293a4b5\n"}
+
+
+def test_a_path_of_a_multipath_map_is_named_by_the_map_too(tmp_path: Path) -> None:
+    """With multipath on, a map's commands go down its paths: the records and the
+    policy still see the map's name."""
+    disk(tmp_path, "block", SDB, LIO)
+    identities = DeviceIdentities(str(tmp_path))
+    assert identities.resolve(BLOCK, SDB) == LIO_IDENTITY
+    holder(tmp_path, SDB, "dm-0", MPATHA)  # the map assembled later: same diskseq
+    assert identities.resolve(BLOCK, SDB) == replace(
+        LIO_IDENTITY, dm_name="mpatha", dm_uuid="mpath-36001405aa11b2c3d4e5f60718293a4b5")
+    assert by_id_names(identities.resolve(BLOCK, SDB).wwn, "mpatha",
+                       "mpath-36001405aa11b2c3d4e5f60718293a4b5")[1] == "dm-name-mpatha"
+
+
+@pytest.mark.parametrize("holders", [
+    {"dm-1": {"dm/name": b"vg-lv\n", "dm/uuid": b"LVM-abc\n"}},  # an LVM volume on it
+    {"dm-0": MPATHA, "dm-1": {"dm/name": b"mpathb\n", "dm/uuid": b"mpath-3600\n"}},
+])
+def test_a_disk_held_by_no_single_multipath_map_has_no_map_name(
+        tmp_path: Path, holders: dict[str, dict[str, bytes]]) -> None:
+    disk(tmp_path, "block", SDB, LIO)
+    for name, attributes in holders.items():
+        holder(tmp_path, SDB, name, attributes)
+    assert DeviceIdentities(str(tmp_path)).resolve(BLOCK, SDB) == LIO_IDENTITY
 
 
 def test_a_scsi_generic_device(tmp_path: Path) -> None:

@@ -4,7 +4,10 @@ from the fd's device number and sysfs, never from anything the broker says.
 - A block device: `/sys/dev/block/M:m/`: its `diskseq`, and for a SCSI disk
   `device/vpd_pg83` (the `wwn-` name, shared/vpd.py), `device/vpd_pg80` (serial),
   `device/wwid` (the kernel's preferred designator), `device/vendor`, `device/model`;
-  for a device-mapper map `dm/name`, `dm/uuid` (and the WWN of a multipath map's LU).
+  for a device-mapper map `dm/name`, `dm/uuid` (and the WWN of a multipath map's LU);
+  for a path of a multipath map (where prguard sends a map's commands with multipath
+  on), the map's `dm/name` and `dm/uuid` (shared/sysfs.py `multipath_holder`), so that
+  the records and the policy name the map whichever way the command went.
 - A SCSI generic device (`/dev/sgN`): `/sys/dev/char/21:N/device/...`, the same
   attributes.
 
@@ -28,8 +31,9 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 
-from prguard.shared import vpd
+from prguard.shared import sysfs, vpd
 from prguard.shared.audit_record import DeviceIdentity
 
 SYS = "/sys"
@@ -84,6 +88,19 @@ class DeviceIdentities:
 
     def resolve(self, mode: int, rdev: int) -> DeviceIdentity:
         """The identity of the device with this st_mode and st_rdev."""
+        identity = self._resolve(mode, rdev)
+        if stat.S_ISBLK(mode) and identity.dm_uuid is None:
+            # Read every time: a map can be assembled over a disk, or taken down, without
+            # the disk's diskseq changing.
+            try:
+                holder = sysfs.multipath_holder(rdev, self._sys)
+            except sysfs.SysfsError:
+                holder = None
+            if holder is not None:
+                identity = replace(identity, dm_name=holder[0], dm_uuid=holder[1])
+        return identity
+
+    def _resolve(self, mode: int, rdev: int) -> DeviceIdentity:
         name = f"{os.major(rdev)}:{os.minor(rdev)}"
         base = self._base(mode, rdev)
         if base is None:
