@@ -4,8 +4,10 @@ seccomp cannot look at paths: once a path-taking call such as openat is allowed,
 allowed for every path. Landlock (Linux 5.13+, no privilege needed once no_new_privs is
 set) confines file access by hierarchy for the calling thread and everything it starts
 later. prguard handles every filesystem right the running kernel knows, so anything not
-granted by a rule here is refused with EACCES, and grants one right beneath one
-directory per process (or none).
+granted by a rule here is refused with EACCES. Each process builds its rules in one
+place (`landlock_rules` of broker/main.py, worker/main.py and opener/main.py; the
+janitor's in broker/janitor.py): a few rights beneath a directory or two, more in the
+worker only with the audit or the policy on (docs/SECURITY.md has the table).
 
 Only filesystem rights are used: the network rights are moot (no socket or connect in
 any policy) and the scopes would forbid the broker's SIGKILL of its worker.
