@@ -13,9 +13,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # differential tests compare against. fdisk, util-linux: partitioned loop devices.
 # linux-image-amd64, qemu-system-x86, kmod: the lab's SCSI target in a VM (virtme-ng);
 # sg3-utils, busybox-static: the nested guest that runs QEMU against prguard in the lab.
+# multipath-tools: mpathpersist, the reference for PR on a dm-multipath map in the lab.
 # man-db (and its groff): the man pages are checked as man shows them.
 DEBS := gcc libcap-dev python3-dev python3-venv libseccomp2 qemu-system-common fdisk util-linux procps strace \
-        linux-image-amd64 qemu-system-x86 kmod sg3-utils busybox-static man-db
+        linux-image-amd64 qemu-system-x86 kmod sg3-utils busybox-static man-db multipath-tools
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 120
 

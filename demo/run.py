@@ -25,7 +25,7 @@ from pathlib import Path
 from lab import labvm
 
 REPO = Path(__file__).resolve().parent.parent
-GUEST_TIMEOUT_S = 240.0
+GUEST_TIMEOUT_S = 480.0  # two acts: the second on a 2-path map
 # as tests/test_lab.py boots it: TSC clocksource, the cheapest clock under TCG
 KERNEL_ARGS = "clocksource=tsc tsc=reliable"
 GUEST_SCRIPT = f"""\

@@ -6,6 +6,12 @@ and B; prguard runs as nobody:nogroup with -v on its own socket; every PERSISTEN
 command is a `prguard-client` command line, shown with its output and prguard's log lines
 for it; the WRITEs are plain `dd oflag=direct` through each node's /dev/sdX.
 
+The second act tells the story again on LU "g", which node A reaches as a SAN host does:
+through two paths (gA, gA2: two initiator ports) joined by the dm-multipath map mpathg.
+A's commands and writes go through /dev/mapper/mpathg; prguard registers every path, and
+once B has preempted A, A's writes fail whichever path dm sends them down (each write's
+path is shown from the paths' request counters).
+
 Each prguard-client command runs in this process, through the console script's own entry
 point (prguard.client.cli.main with the argv shown): under TCG, with the host's root
 filesystem shared over 9p, every new Python process costs 5-15 s of start-up, which a
@@ -111,7 +117,9 @@ class Prguard:
     """prguard on SOCK as nobody:nogroup with -v, its stderr in LOG."""
 
     def __init__(self) -> None:
-        self.argv = [str(PRGUARD), "-k", SOCK, "-u", USER, "-g", GROUP, "-v"]
+        # --multipath=on: started before LIO loads dm_multipath, where auto would say off
+        self.argv = [str(PRGUARD), "-k", SOCK, "-u", USER, "-g", GROUP, "-v",
+                     "--multipath=on"]
         self.proc: subprocess.Popen[bytes] | None = None
         self._seen = 0
 
@@ -159,7 +167,9 @@ def describe_process(role: str, pid: int) -> str:
     cap = int(st["CapEff"], 16)
     caps = ("none" if cap == 0 else "CAP_SYS_RAWIO only" if cap == 1 << CAP_SYS_RAWIO
             else f"{cap:#x}")
-    return (f"{role:<6} pid {pid:<5} uid {uid} gid {gid}, effective capabilities: {caps}, "
+    groups = " ".join(grp.getgrgid(int(g)).gr_name for g in st["Groups"].split())
+    return (f"{role:<6} pid {pid:<5} uid {uid} gid {gid}"
+            f"{f' groups {groups}' if groups else ''}, effective capabilities: {caps}, "
             f"seccomp mode {st.get('Seccomp', '?')}")
 
 
@@ -167,14 +177,18 @@ def show_processes(prguard: Prguard) -> None:
     assert prguard.proc is not None
     broker = prguard.proc.pid
     deadline = time.monotonic() + 10
-    while not (workers := children(broker)):
+    while len(kids := children(broker)) < 2:
         if time.monotonic() > deadline:
-            raise StoryError("prguard's worker process did not appear")
+            raise StoryError(f"prguard's worker and path opener did not appear: {kids}")
         time.sleep(0.05)
-    for role, pid in (("broker", broker), ("worker", workers[0])):
+    worker = next((k for k in kids if int(proc_status(k)["CapEff"], 16)), kids[0])
+    opener = next(k for k in kids if k != worker)
+    for role, pid in (("broker", broker), ("worker", worker), ("opener", opener)):
         say(f"  {describe_process(role, pid)}")
         if proc_status(pid)["Uid"].split()[0] != "65534":
             raise StoryError(f"prguard's {role} does not run as {USER}")
+    say("  (the path opener, with the group disk and no capability, opens the paths of "
+        "dm-multipath maps)")
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -313,9 +327,9 @@ def dmesg() -> list[str]:
 
 # -- the story --------------------------------------------------------------------------
 
-def set_up_lio() -> tuple[Node, Node]:
+def set_up_lio() -> tuple[Node, Node, lio.Devices]:
     try:
-        devices = lio.set_up("fencing")  # only the f pair
+        devices = lio.set_up("fencing")  # the f pair, and LU g with its map for act two
     except lio.LioError as exc:
         raise StoryError(str(exc)) from None
     nodes = []
@@ -333,7 +347,7 @@ def set_up_lio() -> tuple[Node, Node]:
     say(f"  udev: {udev} (it would re-read partition tables and spend unit attentions)")
     if devices["fA"]["serial"] != devices["fB"]["serial"]:
         raise StoryError("fA and fB are not the same LU")
-    return a, b
+    return a, b, devices
 
 
 def story(prguard: Prguard) -> None:
@@ -342,7 +356,7 @@ def story(prguard: Prguard) -> None:
     prguard.start()
     say("  (started first: its start-up overlaps the LIO set-up below)")
     say("  $ lab/lio_setup.sh    # LIO: tcm_loop targets over fileio backstores")
-    a, b = set_up_lio()
+    a, b, devices = set_up_lio()
     nodes = (a, b)
     say()
     prguard.wait()
@@ -430,6 +444,91 @@ def story(prguard: Prguard) -> None:
     heading(7, "verdict")
     say(f"  node A is fenced: its key {hexkey(KEY_A)} is gone, node B ({hexkey(KEY_B)}) holds "
         f"{WE_RO_NAME}, A's writes end in RESERVATION CONFLICT and B's succeed.")
+    act_two(prguard, devices)
+
+
+# -- act two: node A on a dm-multipath map ------------------------------------------------
+
+KEY_A2 = 0xAAAA0011
+KEY_B2 = 0xBBBB0022
+
+
+def path_requests(paths: dict[str, str]) -> dict[str, int]:
+    """SCSI commands each path's device has seen (its iorequest_cnt)."""
+    return {name: int(Path(f"/sys/block/{kname}/device/iorequest_cnt").read_text(), 16)
+            for name, kname in paths.items()}
+
+
+def map_write(node: Node, paths: dict[str, str], must_succeed: bool) -> str:
+    """A WRITE through the map, and the path dm sent it down."""
+    before = path_requests(paths)
+    write(node, must_succeed)
+    after = path_requests(paths)
+    taken = [name for name in paths if after[name] > before[name]]
+    note(f"dm sent it down {', '.join(taken) or 'no path'}")
+    return taken[0] if taken else ""
+
+
+def act_two(prguard: Prguard, devices: lio.Devices) -> None:
+    mpath = devices["mpathg"]
+    paths = {name: os.path.basename(devices[name]["sd"]) for name in mpath["paths"]}
+    for name in paths:  # the kernel's names (a node may be a mknod copy)
+        paths[name] = os.listdir(f"/sys/bus/scsi/devices/{devices[name]['hctl']}/block")[0]
+    gb = devices["gB"]
+    a = Node("A", mpath["map"], "", devices["gA"]["initiator_wwn"], "", KEY_A2)
+    b = Node("B", gb["sd"], gb["sg"], gb["initiator_wwn"], gb["target_wwn"], KEY_B2)
+    a2_initiator = devices["gA2"]["initiator_wwn"]
+
+    heading(8, "act two: node A reaches LU g through two paths, one dm-multipath map")
+    table = subprocess.run(["dmsetup", "table", "mpathg"], capture_output=True, text=True,
+                           check=False).stdout.strip()
+    say(f"  $ dmsetup table mpathg\n    {table}")
+    for name, kname in paths.items():
+        say(f"  path {name}: /dev/{kname}, initiator {devices[name]['initiator_wwn']} → "
+            f"target {devices[name]['target_wwn']}")
+    say(f"  node A uses {a.sd} (uuid {mpath['uuid']}); node B uses {b.sd}")
+    say("  Without multipath support a REGISTER through the map reaches one path: the next "
+        "command")
+    say("  dm sends down the other one finds node A unregistered, and its cluster fences "
+        "itself.")
+
+    heading(9, "A registers through the map: prguard registers both of A's paths")
+    client(prguard, a, "--out", "--register", "--param-sark", hexkey(KEY_A2))
+    client(prguard, b, "--out", "--register", "--param-sark", hexkey(KEY_B2))
+    regs = read_full_status(prguard, b)
+    mine = [r for r in regs if r.key == KEY_A2]
+    initiators = {i.removeprefix("naa.").lower() for i in (a.initiator, a2_initiator)}
+    if len(mine) != 2 or {r.initiator.lower().split("0x")[-1][:16] for r in mine} != initiators:
+        raise StoryError(f"expected A's key on both of A's initiator ports: {regs}")
+    note(f"A's key {hexkey(KEY_A2)} is registered on both nexuses: relative target ports "
+         f"{', '.join(str(r.port) for r in mine)}")
+
+    heading(10, f"A reserves {WE_RO_NAME} through the map; its writes take both paths")
+    client(prguard, a, "--out", "--reserve", "--param-rk", hexkey(KEY_A2), "--prout-type",
+           str(WE_RO))
+    taken = {map_write(a, paths, must_succeed=True) for _ in range(2)}
+    note(f"A's writes succeeded through {', '.join(sorted(taken))}")
+
+    heading(11, "node A fails; B preempts A's key")
+    client(prguard, b, "--out", "--preempt", "--param-rk", hexkey(KEY_B2), "--param-sark",
+           hexkey(KEY_A2), "--prout-type", str(WE_RO))
+    keys = read_keys(prguard, b)
+    if keys != [KEY_B2]:
+        raise StoryError(f"expected only B's key, READ KEYS shows {[hex(k) for k in keys]}")
+    note("B preempted A's key on every nexus it was registered on: both of A's paths")
+
+    heading(12, "A's writes through the map fail whichever path they take")
+    ua = client(prguard, a, "--read-keys", expect_rc=6)
+    if "registrations preempted" not in ua.stderr:
+        raise StoryError(f"A's first command should get UNIT ATTENTION, REGISTRATIONS "
+                         f"PREEMPTED: {ua.stderr.strip()}")
+    taken = {map_write(a, paths, must_succeed=False) for _ in range(4)}
+    if len(taken) != 2:
+        raise StoryError(f"four writes through the map took {taken}, not both paths")
+    note(f"refused through {' and '.join(sorted(taken))}: RESERVATION CONFLICT on each")
+    write(b, must_succeed=True)
+    say()
+    say("  node A is fenced on every path it has: a map is no way around the reservation.")
 
 
 def main() -> int:

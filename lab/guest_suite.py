@@ -18,12 +18,15 @@ After the steps, the fencing story (Pacemaker fence_scsi) runs through prguard a
 third LU (f): real WRITEs through the preempted node's block device must fail with
 RESERVATION CONFLICT, the survivor's must succeed. On that LU, prguard-client and
 sg_persist then ask the same questions (lab/sg_persist_side_by_side.py) and must print the
-same keys, reservation, capabilities and full status, and exit alike. Last, CLOCK_CASE
+same keys, reservation, capabilities and full status, and exit alike. Then CLOCK_CASE
 starts another prguard with a clocksource the vDSO cannot read (hpet): every
 clock_gettime is then a real system call, which the seccomp policies must allow. After
 it, lab/dm_maps.py makes device-mapper maps over LU d (through node dA) and sends a
 REGISTER through each, to prguard with multipath off and on and, as the control, to the
-C helper: only a multipath map may reach the LU through prguard.
+C helper: only a multipath map may reach the LU through prguard. Last, lio_setup.sh adds
+its multipath layout (LUs m and r, the dm-multipath map mpatha) to the running target
+and lab/guest_multipath.py runs its cases on it with a prguard of its own (`-u nobody -g
+nogroup`, multipath on), with a set-up time of its own.
 
 udevd is stopped once LIO is up: it re-reads the partition table of every sd node an fd
 opened for writing was closed on, and those READs spend pending unit attentions at
@@ -49,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab import dm_maps, guest_audit, lio, sg_persist_side_by_side
+from lab import dm_maps, guest_audit, guest_multipath, lio, sg_persist_side_by_side
 from lab.guest_steps import (
     CHECK,
     GOOD,
@@ -110,7 +113,7 @@ SETUP_CASE = "setup.lio-and-helpers"
 CLOCK_CASE = "clock.prguard-serves-without-vdso-clock"
 CASES: list[str] = [SETUP_CASE, *(s.name for s in STEPS), *FENCE_CASES,
                     *sg_persist_side_by_side.CASES, *dm_maps.CASES, CLOCK_CASE,
-                    *guest_audit.CASES]
+                    *guest_audit.CASES, *guest_multipath.CASES]
 if len(set(CASES)) != len(CASES):
     raise AssertionError("duplicate case names in the step table")
 # Agreement alone proves little if both sides failed the same way: every compared step
@@ -473,6 +476,9 @@ def main() -> int:
         t6 = time.monotonic()
         results += run_dm_cases(devices, results_dir, endpoints)
         timings["dm_maps_s"] = time.monotonic() - t6
+        t7 = time.monotonic()
+        results += guest_multipath.main_in_suite(results_dir, timings)
+        timings["multipath_s"] = time.monotonic() - t7
         return 0
     finally:
         for ep in endpoints:

@@ -15,8 +15,8 @@
 # (all found from sysfs), also written to $1, or to $LAB_RESULTS/lio.json when
 # LAB_RESULTS is set.  Progress/diagnostics go to stderr.
 #
-# Layout "multipath" adds, after the paths, a dm-multipath map over two of them (see MAPS);
-# its entry in the JSON is keyed by the map's name:
+# Layouts "multipath" and "fencing" add, after the paths, a dm-multipath map over
+# two of them (see MAPS); its entry in the JSON is keyed by the map's name:
 #   "mpatha": {"map": "/dev/mapper/mpatha", "dm": "dm-N", "uuid": "mpath-<WWID>", "paths": [...]}
 #
 # Environment knobs: LIO_SIZE_MB (16), LIO_IMG_DIR (/run/lio), LIO_DEV_DIR (/run/lio/dev:
@@ -30,11 +30,14 @@ DEV_DIR="${LIO_DEV_DIR:-/run/lio/dev}"
 DBROOT="${LIO_DBROOT:-/run/lio/db}"
 WAIT_S="${LIO_WAIT_S:-30}"
 
-# LIO_LAYOUT picks what to build: "suite" (default: everything above), "fencing" (only
-# the f pair, for the demo), "nested" (one LU n behind nA and nB, for the nested-QEMU
-# test) or "multipath": LU m behind mA and mB (one host's two paths: two initiator ports,
-# two target ports) joined by the map mpatha, and mC (a second cluster node); LU r is the
-# single-path reference with the same nodes (rA is the first host, rC the second).
+# LIO_LAYOUT picks what to build: "suite" (default: everything above), "fencing" (the f
+# pair for the demo, and its second act: LU g that node A reaches through gA and gA2,
+# two initiator ports joined by the map mpathg, and node B through gB), "nested" (one LU
+# n behind nA and nB, for the nested-QEMU test) or "multipath": LU m behind mA and mB (one host's two
+# paths: two initiator ports, two target ports) joined by the map mpatha, mC (a second
+# cluster node) and mO (a nexus that only observes: a read through a nexus takes the
+# unit attentions queued for it); LU r is the single-path reference with the same nodes
+# (rA is the first host, rC the second).
 # backstore  unit serial (stable VPD 0x80 / 0x83 identifiers across runs)
 # name  target-wwn  initiator-wwn  backstore   (order matters: RTPIs are given per LU in
 # creation order)
@@ -61,11 +64,18 @@ case "${LIO_LAYOUT:-suite}" in
       "dA naa.50014050000061b0 naa.50014050000000b1 d"
     ) ;;
   fencing)
-    BACKSTORES=("f  6c1a0031-0000-4000-8000-000000000031")
+    BACKSTORES=(
+      "f  6c1a0031-0000-4000-8000-000000000031"
+      "g  6c1a0071-0000-4000-8000-000000000071"
+    )
     PATHS=(
       "fA naa.50014050000031b0 naa.50014050000000b1 f"
       "fB naa.50014050000031c0 naa.50014050000000c1 f"
-    ) ;;
+      "gA naa.50014050000071b0 naa.50014050000000b1 g"
+      "gA2 naa.50014050000071b1 naa.50014050000000b2 g"
+      "gB naa.50014050000071c0 naa.50014050000000c1 g"
+    )
+    MAPS=("mpathg gA gA2") ;;
   nested)
     BACKSTORES=("n  6c1a0041-0000-4000-8000-000000000041")
     PATHS=(
@@ -81,6 +91,7 @@ case "${LIO_LAYOUT:-suite}" in
       "mA naa.50014050000051b0 naa.50014050000000b1 m"
       "mB naa.50014050000051c0 naa.50014050000000c1 m"
       "mC naa.50014050000051d0 naa.50014050000000d1 m"
+      "mO naa.50014050000051e0 naa.50014050000000e1 m"
       "rA naa.50014050000052b0 naa.50014050000000b1 r"
       "rC naa.50014050000052d0 naa.50014050000000d1 r"
     )
