@@ -21,7 +21,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prguard.shared import dm, fdcheck
+from prguard.shared import fdcheck, sysfs
 from prguard.shared.errors import ChannelError
 from prguard.shared.messages import (
     Malformed,
@@ -48,7 +48,7 @@ Answer = list[tuple[Message, int | None]]
 class Io:
     """The system calls the decisions need, injectable for tests."""
 
-    read_map: Callable[[int], dm.MapInfo] = dm.read_map
+    read_map: Callable[[int], sysfs.MapInfo] = sysfs.multipath_map
     #: (flags from F_GETFL, st_mode, st_rdev) of an fd
     inspect: Callable[[int], tuple[int, int, int]] = lambda fd: _inspect(fd)
     open_node: Callable[[str], int] = lambda name: os.open(f"{DEV}/{name}", PATH_FLAGS)
@@ -91,9 +91,9 @@ def _map_request(request: MapRequest, fd: int, io: Io) -> Answer:
         return [(MapRefused(request.id, "not a block device"), None)]
     try:
         info = io.read_map(rdev)
-    except dm.MapProblem as exc:
+    except sysfs.MapProblem as exc:
         return [(MapRefused(request.id, str(exc)[:200],
-                            isinstance(exc, dm.NotDeviceMapper)), None)]
+                            isinstance(exc, sysfs.NotDeviceMapper)), None)]
     if len(info.slaves) > len(set(s.rdev for s in info.slaves)) or not info.slaves:
         return [(MapRefused(request.id, f"{devname(rdev)}: inconsistent paths"), None)]
     writable = not read_only(flags)
@@ -121,7 +121,7 @@ class _Refusal(Exception):
     pass
 
 
-def _open_path(slave: dm.Slave, io: Io) -> int | None:
+def _open_path(slave: sysfs.Slave, io: Io) -> int | None:
     """The path's fd; None if its device is gone; _Refusal for anything else."""
     try:
         path_fd = io.open_node(slave.name)

@@ -27,7 +27,7 @@ from typing import NoReturn
 import prctl
 
 from prguard.opener import handler
-from prguard.shared import dm, fdpass, fdpin, landlock, privileges, sandbox
+from prguard.shared import fdpass, fdpin, landlock, privileges, sandbox, sysfs
 from prguard.shared.errors import ChannelError
 from prguard.shared.messages import Malformed, MapRequest, Ready
 from prguard.shared.privileges import Identity
@@ -74,12 +74,9 @@ def _warm_up(io: handler.Io) -> None:
     handler.answer(request, None, io)
     handler.answer(b"\xc1", None, io)
     handler.answer(request, os.dup(2), io)  # not a block device
-    with contextlib.suppress(dm.MapProblem):
-        dm.read_map(os.makedev(0, 0))
-    for missing in ("/sys/dev/block/0:0/dm/uuid", "/sys/dev/block"):
-        with contextlib.suppress(OSError):
-            dm.read_attribute(missing)
-            dm.list_directory(missing)
+    with contextlib.suppress(sysfs.MapProblem):
+        sysfs.multipath_map(os.makedev(0, 0))
+    sysfs.warm_up()  # an attribute read, a directory listed
     log.debug("opener: warm-up done")
 
 

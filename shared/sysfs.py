@@ -20,13 +20,20 @@ worker holds it). So the worker lets through only whole disks and multipath maps
   mounted), or an attribute that cannot be read for any reason other than its absence,
   is refused too (fail closed).
 
+A multipath map's paths must also be SCSI disks (`device/scsi_device/`: a map over a loop
+device is refused) reaching one LU (the same `device/wwid`). This is the one place that
+decides what a device-mapper map is: the worker asks `block_kind` before any SG_IO, the
+path opener asks `multipath_map` (the same facts and the same decision, with the reason
+and the paths) before opening any path.
+
 The API: `facts_of(rdev)` gathers the facts (`BlockFacts`) from sysfs, `classify(facts)`
-decides on them (pure), `block_kind(rdev)` is both, failing closed;
+decides on them (pure), `block_kind(rdev)` is both, failing closed; `multipath_map(rdev)`
+is the map with its paths, or `MapProblem` saying why it is not served;
 `multipath_holder(rdev)` names the multipath map a disk is a path of (device identity).
 Paths are /sys/dev/block/<major>:<minor>/..., which link into /sys/devices. The worker
 reads them with openat (read-only flags only), pread64 and getdents64, confined by
-Landlock to reading beneath /sys/devices; the broker reads no file after its lock-down, so it leaves
-this decision to the worker.
+Landlock to reading beneath /sys/devices; the path opener with the same calls, beneath
+/sys; the broker reads no file after its lock-down, so it leaves this decision to them.
 """
 
 from __future__ import annotations
@@ -36,12 +43,13 @@ import os
 from dataclasses import dataclass
 
 from prguard.shared import dirents
-from prguard.shared.dm import MULTIPATH_UUID_PREFIX
 from prguard.shared.rules import FdKind
 
 SYS = "/sys"
 #: Where every block device's sysfs directory lives; the worker's Landlock rule.
 SYS_DEVICES = f"{SYS}/devices"
+#: What multipath-tools puts first in the dm uuid of its maps.
+MULTIPATH_UUID_PREFIX = "mpath-"
 #: DM_UUID_LEN is 129 with its NUL; a sysfs attribute is at most a page.
 READ_SIZE = 4096
 
@@ -58,6 +66,10 @@ class Below:
     partition: bool
     mapped: bool  #: a device-mapper map itself
     size: int | None  #: in 512-byte sectors
+    rdev: int | None = None  #: its `dev`; None when missing or malformed
+    scsi: bool = False  #: a SCSI device (`device/scsi_device/`)
+    wwid: str | None = None  #: `device/wwid`: the LU it reaches
+    running: bool = False  #: its SCSI device's state is `running` (a fact, not a criterion)
 
 
 @dataclass(frozen=True)
@@ -79,11 +91,34 @@ def classify(facts: BlockFacts) -> FdKind:
         return FdKind.PARTITION
     if facts.dm_uuid is None:
         return FdKind.BLOCK_DISK
-    multipath = (facts.dm_uuid.startswith(MULTIPATH_UUID_PREFIX)
-                 and bool(facts.size) and bool(facts.below)
-                 and all(not b.partition and not b.mapped and b.size == facts.size
-                         for b in facts.below))
-    return FdKind.BLOCK_DISK if multipath else FdKind.DM_NOT_MULTIPATH
+    return FdKind.BLOCK_DISK if map_problem(facts) is None else FdKind.DM_NOT_MULTIPATH
+
+
+def map_problem(facts: BlockFacts, name: str = "the map") -> str | None:
+    """Why a device-mapper map (`facts.dm_uuid` set) is not a multipath map standing for
+    one whole LU, in one line; None when it is one."""
+    uuid = facts.dm_uuid or ""
+    if not uuid.startswith(MULTIPATH_UUID_PREFIX):
+        return f"{name} is a device-mapper map but not a multipath one (uuid {uuid[:60]!r})"
+    if not facts.below:
+        return f"{name} ({uuid}) has no paths"
+    if not facts.size:
+        return f"{name} ({uuid}): its size is unknown"
+    for path in facts.below:
+        if path.rdev is None:
+            return f"{name} ({uuid}): path {path.name} has no device number"
+        if path.partition:
+            return f"{name} ({uuid}): path {path.name} is a partition, not a whole disk"
+        if path.mapped:
+            return f"{name} ({uuid}): path {path.name} is itself a device-mapper map"
+        if not path.scsi:
+            return f"{name} ({uuid}): path {path.name} is not a SCSI disk"
+        if path.size != facts.size:
+            return f"{name} ({uuid}): path {path.name} is not of the map's size"
+    if len({path.wwid for path in facts.below}) != 1 or not facts.below[0].wwid:
+        return (f"{name} ({uuid}): its paths are not one LU (device/wwid differs or is "
+                "missing)")
+    return None
 
 
 def _path(rdev: int, attribute: str, root: str) -> str:
@@ -100,8 +135,8 @@ def _open(path: str, flags: int = 0) -> int | None:
         raise SysfsError(exc.errno, f"{path}: {exc.strerror}") from None
 
 
-def exists(path: str) -> bool:
-    fd = _open(path)
+def exists(path: str, directory: bool = False) -> bool:
+    fd = _open(path, os.O_DIRECTORY if directory else 0)
     if fd is None:
         return False
     os.close(fd)
@@ -137,9 +172,21 @@ def _below(rdev: int, root: str) -> tuple[Below, ...]:
         raise SysfsError(exc.errno, f"{directory}: {exc.strerror}") from None
     finally:
         os.close(fd)
-    return tuple(Below(name, exists(f"{directory}/{name}/partition"),
-                       exists(f"{directory}/{name}/dm/uuid"),
-                       _size(f"{directory}/{name}/size")) for name in names)
+    return tuple(_path_below(f"{directory}/{name}", name) for name in names)
+
+
+def _path_below(where: str, name: str) -> Below:
+    return Below(name, exists(f"{where}/partition"), exists(f"{where}/dm/uuid"),
+                 _size(f"{where}/size"), _dev(read(f"{where}/dev")),
+                 exists(f"{where}/device/scsi_device", directory=True),
+                 read(f"{where}/device/wwid"), read(f"{where}/device/state") == "running")
+
+
+def _dev(text: str | None) -> int | None:
+    major, _, minor = (text or "").partition(":")
+    if not (major.isdigit() and minor.isdigit()):
+        return None
+    return os.makedev(int(major), int(minor))
 
 
 def multipath_holder(rdev: int, root: str = SYS) -> tuple[str, str] | None:
@@ -184,6 +231,50 @@ def block_kind(rdev: int, root: str = SYS) -> FdKind:
         return classify(facts_of(rdev, root))
     except SysfsError:
         return FdKind.UNKNOWN_BLOCK
+
+
+class MapProblem(Exception):
+    """The device is not a map prguard serves; the message says why, in one line."""
+
+
+class NotDeviceMapper(MapProblem):
+    """Certainly not a device-mapper map: sysfs describes the device, with no dm/."""
+
+
+@dataclass(frozen=True)
+class Slave:
+    """One path of a multipath map, as the path opener needs it."""
+
+    name: str  #: the kernel's name (sdb): the node under /dev
+    rdev: int
+    running: bool  #: its SCSI device's state is "running"
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    uuid: str
+    slaves: tuple[Slave, ...]  #: in device-number order
+
+
+def multipath_map(rdev: int, root: str = SYS) -> MapInfo:
+    """The multipath map `rdev` with its paths, or MapProblem saying why it is not served
+    (NotDeviceMapper when sysfs lists it with no dm/)."""
+    name = f"{os.major(rdev)}:{os.minor(rdev)}"
+    try:
+        facts = facts_of(rdev, root)
+    except OSError as exc:
+        raise MapProblem(f"{name}: cannot read sysfs ({exc.strerror})") from None
+    if not facts.listed:
+        raise MapProblem(f"{name}: no such block device in sysfs")
+    if facts.dm_uuid is None:
+        raise NotDeviceMapper(f"{name} is not a device-mapper map")
+    problem = map_problem(facts, name)
+    if problem is not None:
+        raise MapProblem(problem)
+    slaves = [Slave(path.name, path.rdev, path.running) for path in facts.below
+              if path.rdev is not None]
+    slaves.sort(key=lambda s: (os.major(s.rdev), os.minor(s.rdev)))
+    return MapInfo(facts.dm_uuid, tuple(slaves))
 
 
 def warm_up() -> None:

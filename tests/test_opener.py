@@ -1,4 +1,4 @@
-"""The path opener: how it reads a map in sysfs (shared/dm.py), what it opens and answers
+"""The path opener: how it reads a map in sysfs (shared/sysfs.py), what it opens and answers
 (opener/handler.py), and the process itself: alone on its channel with hostile
 datagrams, its privileges in /proc, its Landlock domain, and its start and stop within
 prguard. Its death tests are in tests/test_lockdown.py with the other processes'."""
@@ -22,7 +22,7 @@ import pytest
 from lab.inject import Injector, Killed, errno_name, fd_table
 from lab.processes import PRGUARD, REPO, Helper, children, fd_count, proc_status, start_helper
 from prguard.opener import handler
-from prguard.shared import dm, fdpass
+from prguard.shared import fdpass, sysfs
 from prguard.shared.messages import (
     Malformed,
     MapPaths,
@@ -41,7 +41,7 @@ MAP = os.makedev(254, 3)
 DISK_GID = grp.getgrnam("disk").gr_gid
 
 
-# ----------------------------------------------------------------- sysfs (shared/dm.py)
+# -------------------------------------------------------------- sysfs (shared/sysfs.py)
 
 def fake_sysfs(root: Path, uuid: str | None = "mpath-36001405aa", slaves: dict[str, dict[
         str, object]] | None = None) -> Path:
@@ -50,6 +50,7 @@ def fake_sysfs(root: Path, uuid: str | None = "mpath-36001405aa", slaves: dict[s
     base = root / "dev/block/254:3"
     base.mkdir(parents=True)
     (base / "dev").write_text("254:3\n")
+    (base / "size").write_text("32768\n")
     if uuid is not None:
         (base / "dm").mkdir()
         (base / "dm/uuid").write_text(uuid + "\n")
@@ -59,6 +60,7 @@ def fake_sysfs(root: Path, uuid: str | None = "mpath-36001405aa", slaves: dict[s
         slave = base / "slaves" / name
         (slave / "device").mkdir(parents=True)
         (slave / "dev").write_text(f"{facts['dev']}\n")
+        (slave / "size").write_text(f"{facts.get('size', 32768)}\n")
         if facts.get("scsi", True):
             (slave / "device/scsi_device").mkdir()
         (slave / "device/state").write_text(f"{facts.get('state', 'running')}\n")
@@ -74,9 +76,9 @@ def fake_sysfs(root: Path, uuid: str | None = "mpath-36001405aa", slaves: dict[s
 def test_a_multipath_map_and_its_paths_in_device_number_order(tmp_path: Path) -> None:
     root = fake_sysfs(tmp_path, slaves={"sdc": {"dev": "8:32", "state": "offline"},
                                         "sda": {"dev": "8:0"}})
-    info = dm.read_map(MAP, str(root))
-    assert info == dm.MapInfo("mpath-36001405aa", (dm.Slave("sda", SDA, True),
-                                                   dm.Slave("sdc", SDC, False)))
+    info = sysfs.multipath_map(MAP, str(root))
+    assert info == sysfs.MapInfo("mpath-36001405aa", (sysfs.Slave("sda", SDA, True),
+                                                   sysfs.Slave("sdc", SDC, False)))
 
 
 @pytest.mark.parametrize(("uuid", "slaves", "problem"), [
@@ -92,35 +94,38 @@ def test_a_multipath_map_and_its_paths_in_device_number_order(tmp_path: Path) ->
      "path dm-1 is itself a device-mapper map"),
     ("mpath-36001405aa", {"sda": {"dev": "8:0"}, "sdb": {"dev": "8:16", "wwid": "naa.6001"}},
      "its paths are not one LU"),
-    ("mpath-36001405aa", {"sda": {"dev": "eight"}}, "path sda has a malformed dev 'eight'"),
+    ("mpath-36001405aa", {"sda": {"dev": "eight"}}, "path sda has no device number"),
+    ("mpath-36001405aa", {"sda": {"dev": "8:0", "size": 16384}},
+     "path sda is not of the map's size"),
 ], ids=["not dm", "lvm", "kpartx partition", "no paths", "partition", "loop", "dm over dm",
-        "two LUs", "bad dev"])
+        "two LUs", "bad dev", "half a LU"])
 def test_maps_prguard_does_not_serve(tmp_path: Path, uuid: str | None,
                                      slaves: dict[str, dict[str, object]] | None,
                                      problem: str) -> None:
     root = fake_sysfs(tmp_path, uuid, slaves)
-    with pytest.raises(dm.MapProblem) as refused:
-        dm.read_map(MAP, str(root))
+    with pytest.raises(sysfs.MapProblem) as refused:
+        sysfs.multipath_map(MAP, str(root))
     assert problem in str(refused.value)
 
 
 def test_only_a_device_sysfs_describes_is_certainly_no_map(tmp_path: Path) -> None:
     root = fake_sysfs(tmp_path, None)
-    with pytest.raises(dm.NotDeviceMapper):
-        dm.read_map(MAP, str(root))
+    with pytest.raises(sysfs.NotDeviceMapper):
+        sysfs.multipath_map(MAP, str(root))
     (root / "dev/block/254:3/dev").unlink()  # a device sysfs does not know: not certain
-    with pytest.raises(dm.MapProblem) as refused:
-        dm.read_map(MAP, str(root))
-    assert type(refused.value) is dm.MapProblem
+    with pytest.raises(sysfs.MapProblem) as refused:
+        sysfs.multipath_map(MAP, str(root))
+    assert type(refused.value) is sysfs.MapProblem
     assert str(refused.value) == "254:3: no such block device in sysfs"
 
 
 def test_a_sysfs_that_cannot_be_read_refuses(tmp_path: Path) -> None:
-    root = fake_sysfs(tmp_path, slaves={})
-    (root / "dev/block/254:3/slaves").rmdir()
-    (root / "dev/block/254:3/slaves").write_text("not a directory")
-    with pytest.raises(dm.MapProblem, match=r"254:3: cannot read sysfs \(Not a directory\)"):
-        dm.read_map(MAP, str(root))
+    root = fake_sysfs(tmp_path)
+    (root / "dev/block/254:3/dm/uuid").unlink()
+    (root / "dev/block/254:3/dm/uuid").mkdir()  # exists, but read(2) fails: EISDIR
+    with pytest.raises(sysfs.MapProblem, match=r"254:3: cannot read sysfs \(.*dm/uuid: "
+                                               r"Is a directory\)"):
+        sysfs.multipath_map(MAP, str(root))
 
 
 # ------------------------------------------------------- decisions (opener/handler.py)
@@ -128,7 +133,7 @@ def test_a_sysfs_that_cannot_be_read_refuses(tmp_path: Path) -> None:
 class FakeIo:
     """sysfs, the nodes and fds as the handler sees them, with every fd counted."""
 
-    def __init__(self, map_info: dm.MapInfo | dm.MapProblem, map_flags: int = os.O_RDWR,
+    def __init__(self, map_info: sysfs.MapInfo | sysfs.MapProblem, map_flags: int = os.O_RDWR,
                  nodes: dict[str, int | OSError] | None = None) -> None:
         self.map_info = map_info
         self.map_flags = map_flags
@@ -148,9 +153,9 @@ class FakeIo:
         return self.next_fd
 
     def io(self) -> handler.Io:
-        def read_map(rdev: int) -> dm.MapInfo:
+        def read_map(rdev: int) -> sysfs.MapInfo:
             assert rdev == MAP
-            if isinstance(self.map_info, dm.MapProblem):
+            if isinstance(self.map_info, sysfs.MapProblem):
                 raise self.map_info
             return self.map_info
 
@@ -167,7 +172,7 @@ class FakeIo:
         return handler.Io(read_map, lambda fd: self.kinds[fd], open_node, close)
 
 
-TWO = dm.MapInfo("mpath-3600", (dm.Slave("sda", SDA, True), dm.Slave("sdb", SDB, True)))
+TWO = sysfs.MapInfo("mpath-3600", (sysfs.Slave("sda", SDA, True), sysfs.Slave("sdb", SDB, True)))
 
 
 def ask(fake: FakeIo, have: tuple[int, ...] = (), fd: int | None = -1
@@ -203,7 +208,8 @@ def test_a_read_only_map_fd_yields_no_path_fd() -> None:
 
 
 def test_a_path_that_is_not_running_is_neither_opened_nor_live() -> None:
-    info = dm.MapInfo("mpath-3600", (dm.Slave("sda", SDA, False), dm.Slave("sdb", SDB, True)))
+    info = sysfs.MapInfo("mpath-3600", (sysfs.Slave("sda", SDA, False),
+                                        sysfs.Slave("sdb", SDB, True)))
     fake = FakeIo(info)
     paths = ask(fake)[0][0]
     assert isinstance(paths, MapPaths)
@@ -232,12 +238,12 @@ def test_a_path_that_cannot_be_its_own_node_refuses_the_map_and_leaks_nothing(
 
 
 @pytest.mark.parametrize(("problem", "certain"), [
-    (dm.NotDeviceMapper("254:3 is not a device-mapper map"), True),
-    (dm.MapProblem("254:3: no such block device in sysfs"), False),
-    (dm.MapProblem("254:3 (mpath-3600): path sda1 is a partition, not a whole disk"), False),
+    (sysfs.NotDeviceMapper("254:3 is not a device-mapper map"), True),
+    (sysfs.MapProblem("254:3: no such block device in sysfs"), False),
+    (sysfs.MapProblem("254:3 (mpath-3600): path sda1 is a partition, not a whole disk"), False),
 ])
 def test_a_map_prguard_does_not_serve_is_refused_with_sysfs_reason(
-        problem: dm.MapProblem, certain: bool) -> None:
+        problem: sysfs.MapProblem, certain: bool) -> None:
     """Only a device sysfs knows to be no map lets the broker serve it as a disk."""
     fake = FakeIo(problem)
     assert [m for m, _ in ask(fake)] == [MapRefused(5, str(problem), certain)]
@@ -416,7 +422,7 @@ def test_landlock_lets_the_opener_read_sysfs_and_open_dev_write_only(
     writable.write_bytes(b"")
     writable.chmod(0o666)
     at_fdcwd = -100 & (2**64 - 1)
-    read, directory, write = 0x80000, 0x90800, 0x80901
+    read, directory, write = 0x80000, 0x90000, 0x80901
     with Injector(opener) as inj:
         def attempt(path: str, flags: int) -> str:
             result = inj.call("openat", at_fdcwd, inj.string(path), flags)

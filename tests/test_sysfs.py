@@ -1,11 +1,13 @@
-"""What sysfs says of a block device, and the worker's decision on it (shared/sysfs.py):
-whole disks and whole-LU multipath maps pass; partitions, every other device-mapper map
-and devices sysfs does not describe are refused. Real maps are in the lab
+"""What sysfs says of a block device, and the decision on it (shared/sysfs.py: the
+worker's, and the path opener's on a map): whole disks and whole-LU multipath maps pass;
+partitions, every other device-mapper map and devices sysfs does not describe are
+refused. Real maps are in the lab
 (lab/guest_suite.py, the dm.* cases)."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,11 @@ from prguard.shared.rules import FdKind
 from prguard.shared.sysfs import Below, BlockFacts, classify
 
 SIZE = 32768
-PATH_A = Below("sdb", partition=False, mapped=False, size=SIZE)
-PATH_B = Below("sdc", partition=False, mapped=False, size=SIZE)
+LU = "naa.6001405c1a0051000000000000000051"  #: the paths' device/wwid
+PATH_A = Below("sdb", partition=False, mapped=False, size=SIZE, rdev=os.makedev(8, 16),
+               scsi=True, wwid=LU, running=True)
+PATH_B = Below("sdc", partition=False, mapped=False, size=SIZE, rdev=os.makedev(8, 32),
+               scsi=True, wwid=LU, running=False)  # a path that is down is still a path
 WWID = "mpath-36001405c1a0051000000000000000051"
 
 
@@ -63,6 +68,19 @@ WWID = "mpath-36001405c1a0051000000000000000051"
      FdKind.DM_NOT_MULTIPATH),
     ("a multipath uuid, its own size unknown",
      BlockFacts(True, dm_uuid=WWID, size=None, below=(PATH_A,)), FdKind.DM_NOT_MULTIPATH),
+    ("a multipath uuid over a device that is not SCSI (a loop device)",
+     BlockFacts(True, dm_uuid=WWID, size=SIZE, below=(replace(PATH_A, scsi=False),)),
+     FdKind.DM_NOT_MULTIPATH),
+    ("a multipath uuid over two LUs",
+     BlockFacts(True, dm_uuid=WWID, size=SIZE,
+                below=(PATH_A, replace(PATH_B, wwid="naa.6001405ffff")),),
+     FdKind.DM_NOT_MULTIPATH),
+    ("a multipath uuid, its paths' LU unknown",
+     BlockFacts(True, dm_uuid=WWID, size=SIZE, below=(replace(PATH_A, wwid=None),)),
+     FdKind.DM_NOT_MULTIPATH),
+    ("a multipath uuid, a path without a device number",
+     BlockFacts(True, dm_uuid=WWID, size=SIZE, below=(replace(PATH_A, rdev=None),)),
+     FdKind.DM_NOT_MULTIPATH),
     ("MPATH- is not mpath-", BlockFacts(True, dm_uuid="MPATH-x", size=SIZE, below=(PATH_A,)),
      FdKind.DM_NOT_MULTIPATH),
 ])
@@ -101,9 +119,12 @@ def test_the_facts_are_gathered_as_sysfs_lays_them_out(tmp_path: Path) -> None:
     slaves/ linking to the disks and partitions under them), read through dev/block."""
     root = tmp_path / "sys"
     host = "platform/host2/target2:0:0/2:0:0:0/block"
-    sdb = _device(root, f"{host}/sdb", "8:16", SIZE)
+    # a disk's device/ is its SCSI device: scsi_device/, wwid, state (a partition has none)
+    scsi = {"device__wwid": LU, "device__state": "running",
+            "device__scsi_device__2:0:0:0__dev": "0:0"}
+    sdb = _device(root, f"{host}/sdb", "8:16", SIZE, **scsi)
     sdb1 = _device(root, f"{host}/sdb/sdb1", "8:17", SIZE // 2, partition="1")
-    sdc = _device(root, f"{host}/sdc", "8:32", SIZE)
+    sdc = _device(root, f"{host}/sdc", "8:32", SIZE, **{**scsi, "device__state": "offline"})
     mpath = _map(root, "dm-0", "253:0", SIZE, WWID, sdb, sdc)
     lvm = _map(root, "dm-1", "253:1", SIZE // 2, "LVM-" + "x" * 64, sdb)
     linear = _map(root, "dm-2", "253:2", SIZE, "", sdb)
@@ -112,14 +133,14 @@ def test_the_facts_are_gathered_as_sysfs_lays_them_out(tmp_path: Path) -> None:
                   root / "devices/virtual/block/dm-0")
     facts = {rdev: sysfs.facts_of(rdev, str(root))
              for rdev in (mpath, lvm, linear, over_part, kpartx)}
-    whole = Below("sdb", partition=False, mapped=False, size=SIZE)
-    assert facts[mpath] == BlockFacts(True, dm_uuid=WWID, size=SIZE,
-                                      below=(whole, Below("sdc", False, False, SIZE)))
+    whole = PATH_A
+    assert facts[mpath] == BlockFacts(True, dm_uuid=WWID, size=SIZE, below=(PATH_A, PATH_B))
     assert facts[lvm] == BlockFacts(True, dm_uuid="LVM-" + "x" * 64, size=SIZE // 2,
                                     below=(whole,))
     assert facts[linear] == BlockFacts(True, dm_uuid="", size=SIZE, below=(whole,))
-    assert facts[over_part].below == (Below("sdb1", True, False, SIZE // 2),)
-    assert facts[kpartx].below == (Below("dm-0", False, True, SIZE),)
+    assert facts[over_part].below == (Below("sdb1", True, False, SIZE // 2,
+                                            os.makedev(8, 17)),)
+    assert facts[kpartx].below == (Below("dm-0", False, True, SIZE, os.makedev(253, 0)),)
     assert sysfs.facts_of(os.makedev(8, 16), str(root)) == BlockFacts(listed=True)
     assert sysfs.facts_of(os.makedev(8, 17), str(root)) == BlockFacts(True, partition=True)
     assert [sysfs.block_kind(rdev, str(root)) for rdev in facts] == [
