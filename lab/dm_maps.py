@@ -27,6 +27,9 @@ broker asks the path opener about every block device first and refuses such a ma
 - `dm.multipath-map-served`: the multipath map itself (uuid `mpath-<WWID>`, over the
   whole disk) is served, by SG_IO on the map (off) and on its path (on): the REGISTER
   reaches the LU; it is then removed.
+- `dm.multipath-on-records-name-the-map`: the prguard with multipath on keeps an audit
+  log; the REGISTER it sent down the map's path is recorded on the path, with the LU's
+  WWN and the map's name and uuid.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from prguard.client.session import Client, pr_in_cdb, pr_out_cdb
+from prguard.shared.audit_chain import Where, verify
+from prguard.shared.audit_record import decode
 
 DEV_DIR = Path("/run/lio/dev")
 REGISTER, READ_KEYS = 0, 0
@@ -57,6 +62,7 @@ CASES: list[str] = [
     "dm.whole-lu-linear-map-refused",
     "dm.kpartx-partition-of-a-multipath-map-refused",
     "dm.multipath-map-served",
+    "dm.multipath-on-records-name-the-map",
 ]
 
 
@@ -136,6 +142,24 @@ def keys(sock: str, disk: str) -> tuple[int, list[int]]:
             [int.from_bytes(data[i:i + 8], "big") for i in range(8, 8 + length, 8)])
 
 
+def _map_records(audit_log: Path, disk: str, mpath_uuid: str) -> dict[str, Any]:
+    """With multipath on, the map's REGISTER went down its path: the worker's records
+    name the path, the LU's WWN and the map (its name and uuid), and the chain holds."""
+    lines = audit_log.read_bytes().splitlines(keepends=True)  # a line without one is cut
+    records = [decode(line) for line in lines]
+    path_dev = Path(f"/sys/class/block/{os.path.basename(disk)}/dev").read_text().strip()
+    done = [r for r in records if r.kind == "command" and r.phase == "done"
+            and r.command is not None and r.command.action == "REGISTER"
+            and r.command.sa_key == f"{KD:#x}"]
+    chain = verify([(Where(str(audit_log), n), line) for n, line in enumerate(lines, 1)])
+    ok = (len(done) == 1 and done[0].device is not None and chain.ok
+          and done[0].device.dev == path_dev and done[0].device.dm_name == "prg-mpath"
+          and done[0].device.dm_uuid == mpath_uuid and done[0].device.wwn is not None
+          and done[0].answer is not None and done[0].answer.status == "GOOD")
+    return _case(CASES[6], ok, f"REGISTER {KD:#x} through the map, as recorded: "
+                               f"{[r.device for r in done]}; chain ok: {chain.ok}")
+
+
 def _case(name: str, ok: bool, detail: str) -> dict[str, Any]:
     return {"case": name, "ok": ok, "detail": detail, "c": None, "prguard": None}
 
@@ -173,11 +197,11 @@ class Lu:
 
 
 def run(off_sock: str, on_sock: str, c_sock: str, disk: str,
-        on_stderr: Path) -> list[dict[str, Any]]:
+        on_stderr: Path, on_audit: Path) -> list[dict[str, Any]]:
     """Every case of CASES, on the LU behind `disk` (an sd node), which holds no keys:
     through prguard with multipath off (`off_sock`: its worker decides) and on
-    (`on_sock`: its broker asks the path opener first; `on_stderr` its log), and the
-    C helper (`c_sock`). Needs load_modules() first."""
+    (`on_sock`: its broker asks the path opener first; `on_stderr` its log, `on_audit`
+    its audit log), and the C helper (`c_sock`). Needs load_modules() first."""
     DEV_DIR.mkdir(parents=True, exist_ok=True)
     sysfs = Path(f"/sys/class/block/{os.path.basename(disk)}")  # /dev/sdX or a mknod'ed sdX
     sectors = int((sysfs / "size").read_text())
@@ -236,6 +260,7 @@ def run(off_sock: str, on_sock: str, c_sock: str, disk: str,
             details.append(f"prguard --multipath={mode}: {_describe(status, sense)}; {seen}")
         out.append(_case(CASES[5], ok, f"REGISTER {KD:#x} through the multipath map "
                                        f"({mpath_uuid}): " + "; ".join(details)))
+        out.append(_map_records(on_audit, disk, mpath_uuid))
     finally:
         maps.remove_all()
     return out

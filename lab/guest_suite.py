@@ -377,11 +377,13 @@ def run_dm_cases(devices: Devices, log_dir: Path,
     changes what `--multipath=auto` chooses."""
     try:
         dm_maps.load_modules()
-        multipath = Endpoint("prguard-multipath", [*PRGUARD, "--multipath=on"], M_SOCK, {})
+        audit_log = guest_audit.AUDIT_DIR / "multipath.log"
+        multipath = Endpoint("prguard-multipath", [*PRGUARD, "--multipath=on",
+                                                   "--audit-log", str(audit_log)], M_SOCK, {})
         endpoints.append(multipath)
         multipath.start(log_dir)
         return dm_maps.run(P_SOCK, M_SOCK, C_SOCK, devices["dA"]["sd"],
-                           log_dir / f"{multipath.label}.stderr")
+                           log_dir / f"{multipath.label}.stderr", audit_log)
     except Exception:  # noqa: BLE001 - every case must say why it did not run
         detail = "device-mapper cases aborted: " + traceback.format_exc()[-3000:]
         return [_case(n, False, detail) for n in dm_maps.CASES]
