@@ -15,7 +15,7 @@
 # (all found from sysfs), also written to $1, or to $LAB_RESULTS/lio.json when
 # LAB_RESULTS is set.  Progress/diagnostics go to stderr.
 #
-# Layouts "multipath" and "fencing" add, after the paths, a dm-multipath map over
+# Layouts "multipath", "fencing" and "nested" add, after the paths, a dm-multipath map over
 # two of them (see MAPS); its entry in the JSON is keyed by the map's name:
 #   "mpatha": {"map": "/dev/mapper/mpatha", "dm": "dm-N", "uuid": "mpath-<WWID>", "paths": [...]}
 #
@@ -33,7 +33,8 @@ WAIT_S="${LIO_WAIT_S:-30}"
 # LIO_LAYOUT picks what to build: "suite" (default: everything above), "fencing" (the f
 # pair for the demo, and its second act: LU g that node A reaches through gA and gA2,
 # two initiator ports joined by the map mpathg, and node B through gB), "nested" (one LU
-# n behind nA and nB, for the nested-QEMU test) or "multipath": LU m behind mA and mB (one host's two
+# n behind nA and nB, for the nested-QEMU test, and LU nm behind nmA and nmB joined by the
+# map mpathn, its second disk) or "multipath": LU m behind mA and mB (one host's two
 # paths: two initiator ports, two target ports) joined by the map mpatha, mC (a second
 # cluster node) and mO (a nexus that only observes: a read through a nexus takes the
 # unit attentions queued for it); LU r is the single-path reference with the same nodes
@@ -77,11 +78,17 @@ case "${LIO_LAYOUT:-suite}" in
     )
     MAPS=("mpathg gA gA2") ;;
   nested)
-    BACKSTORES=("n  6c1a0041-0000-4000-8000-000000000041")
+    BACKSTORES=(
+      "n  6c1a0041-0000-4000-8000-000000000041"
+      "nm 6c1a0042-0000-4000-8000-000000000042"
+    )
     PATHS=(
       "nA naa.50014050000041b0 naa.50014050000000b1 n"
       "nB naa.50014050000041c0 naa.50014050000000c1 n"
-    ) ;;
+      "nmA naa.50014050000042b0 naa.50014050000000b1 nm"
+      "nmB naa.50014050000042c0 naa.50014050000000c1 nm"
+    )
+    MAPS=("mpathn nmA nmB") ;;
   multipath)
     BACKSTORES=(
       "m  6c1a0051-0000-4000-8000-000000000051"

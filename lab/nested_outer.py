@@ -12,6 +12,8 @@ Sequence (each step's raw outcome goes to $LAB_RESULTS/nested.json; the host jud
      first), REGISTER, RESERVE (write exclusive), READ KEYS, READ RESERVATION.
   3. Here, on the device itself: READ KEYS / READ RESERVATION with sg_persist through the
      other nexus (nB, a second "cluster node") and through the same one (nA).
+  3a. The guest's second disk is scsi-block over a dm-multipath map (mpathn over nmA and
+     nmB): its REGISTER there, then READ FULL STATUS here on each path: both nexuses.
   4. Back within QEMU's reconnect window: prguard stopped (SIGTERM, socket removed), the
      guest sends READ KEYS, QEMU's PR_MANAGER_STATUS_CHANGED connected=false shows it
      found the socket dead and is retrying (5 attempts, 1 s apart); a helper appears on
@@ -54,6 +56,7 @@ SPARE_SOCK = "/tmp/nested-pr-spare.sock"
 QMP_SOCK = "/tmp/nested-qmp.sock"
 CTL_SOCK = "/tmp/nested-ctl.sock"
 KEY = "0xabc1"
+MAP_KEY = "0xabc2"  #: the guest's key on its second disk, the dm-multipath map
 BOOT_TIMEOUT_S = 200.0
 COMMAND_TIMEOUT_S = 60.0
 QMP_TIMEOUT_S = 120.0
@@ -121,9 +124,10 @@ class Prguard:
     def __init__(self, path: str, log: Path) -> None:
         self.path = path
         self.t0 = time.monotonic()
+        # --multipath=on: started before LIO loads dm_multipath, where auto would say off
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen([*PRGUARD, "-k", path, "-v"], stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=out)
+            self.proc = subprocess.Popen([*PRGUARD, "-k", path, "-v", "--multipath=on"],
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=out)
 
     def wait_serving(self) -> float:
         """Seconds from its start until it served a handshake."""
@@ -170,6 +174,8 @@ class NestedRun:
         self.helpers: list[Prguard] = []
         self.qemu: subprocess.Popen[bytes] | None = None
         self.qmp: QMP | None = None
+        self.map = ""
+        self.map_paths: list[str] = []
 
     def mark(self, name: str) -> None:
         self.timings[name] = round(time.monotonic() - self.t_start, 1)
@@ -178,9 +184,10 @@ class NestedRun:
         try:
             disk, other = self.set_up()
             qmp, guest = self.start_qemu(disk)
-            dev = "/dev/sda"
+            dev = self.disk_at(guest, 0)  # sd names follow probe order, not SCSI ids
             self.guest_pr(guest, dev)
             self.outer_view(disk, other)
+            self.multipath_pr(guest)
             current, spare = self.helpers
             self.restart_in_window(qmp, guest, dev, current, spare)
             self.down_long(qmp, guest, dev, spare)
@@ -200,7 +207,10 @@ class NestedRun:
         self.helpers = [Prguard(path, log) for path in (PR_SOCK, SPARE_SOCK)]
         devices = lio.set_up("nested", log=self.results_dir / "lio.stderr")
         disk, other = devices["nA"]["sd"], devices["nB"]["sd"]
-        self.out["devices"] = {"qemu": disk, "other_node": other}
+        self.map = str(devices["mpathn"]["map"])
+        self.map_paths = [devices[p]["sg"] for p in ("nmA", "nmB")]
+        self.out["devices"] = {"qemu": disk, "other_node": other, "map": self.map,
+                               "map_paths": self.map_paths}
         self.mark("lio")
         self.out["prguard_start_s"] = [h.wait_serving() for h in self.helpers]
         self.mark("prguard")
@@ -220,8 +230,10 @@ class NestedRun:
             "-qmp", f"unix:{QMP_SOCK},server=on,wait=off",
             "-object", f"pr-manager-helper,id=pr0,path={PR_SOCK}",
             "-drive", f"if=none,id=hd0,file={disk},format=raw,file.pr-manager=pr0",
+            "-drive", f"if=none,id=hd1,file={self.map},format=raw,file.pr-manager=pr0",
             "-device", "virtio-scsi-pci,id=scsi0",
-            "-device", "scsi-block,bus=scsi0.0,drive=hd0",
+            "-device", "scsi-block,bus=scsi0.0,drive=hd0,scsi-id=0,lun=0",
+            "-device", "scsi-block,bus=scsi0.0,drive=hd1,scsi-id=1,lun=0",
             "-trace", "pr_manager_run",
         ]
 
@@ -256,6 +268,26 @@ class NestedRun:
         self.steps["outer_keys_other_node"] = sg_persist("-i", "-k", other)
         self.steps["outer_reservation_other_node"] = sg_persist("-i", "-r", other)
         self.steps["outer_reservation_same_node"] = sg_persist("-i", "-r", disk)
+
+    def disk_at(self, guest: Guest, target: int) -> str:
+        """The guest's node of the scsi-block disk at SCSI target `target` (scsi-id)."""
+        where = f"/sys/bus/scsi/devices/*:0:{target}:0/block"
+        found = guest.run(f"i=0; while ! ls {where} >/dev/null 2>&1 && [ $i -lt 300 ]; do "
+                          f"sleep 0.1; i=$((i+1)); done; ls {where}")
+        self.steps[f"disk_at_{target}"] = found
+        names = str(found.get("out", "")).split()
+        if found.get("rc") != 0 or not names:
+            raise RuntimeError(f"no disk at SCSI target {target}: {found}")
+        return f"/dev/{names[0]}"
+
+    def multipath_pr(self, guest: Guest) -> None:
+        """3a. The guest registers on its disk that is a map; each path shows it."""
+        disk = self.disk_at(guest, 1)
+        self.steps["mpath_disk"] = guest.run(f"ls -l {disk}")
+        self.steps["mpath_register"] = guest.run(f"sg_persist -n -o -G -S {MAP_KEY} {disk}")
+        self.steps["mpath_full_status"] = [sg_persist("-i", "-s", path)
+                                           for path in self.map_paths]
+        self.mark("multipath_done")
 
     def restart_in_window(self, qmp: QMP, guest: Guest, dev: str, current: Prguard,
                           spare: Prguard) -> None:

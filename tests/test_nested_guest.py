@@ -31,6 +31,7 @@ from lab import labvm, nested_build
 REPO = Path(__file__).resolve().parent.parent
 GUEST_TIMEOUT_S = 600.0  # a real restart of prguard in the emulated guest is in it
 KEY = "0xabc1"
+MAP_KEY = "0xabc2"
 # spec 4.3: what the guest sees when the helper is gone (QEMU >= 5.2 maps the errno):
 ENOTCONN_SENSE = "Aborted command"  # 0b/00/06, after 5 failed connects
 SG_LIB_CAT_ABORTED_COMMAND = 11  # sg_persist's exit status for it
@@ -127,6 +128,22 @@ def test_the_device_holds_what_the_guest_set(nested: dict[str, Any]) -> None:
         reservation = step(nested, name)
         assert reservation["rc"] == 0, reservation
         assert KEY in reservation["out"] and "Write Exclusive" in reservation["out"], reservation
+
+
+def test_the_guests_register_on_a_map_reaches_both_of_its_paths(
+        nested: dict[str, Any]) -> None:
+    """scsi-block over a dm-multipath map: the guest's one REGISTER registers both I_T
+    nexuses, as READ FULL STATUS on each path shows (the C helper would register one)."""
+    assert step(nested, "mpath_disk")["rc"] == 0, step(nested, "mpath_disk")
+    register = step(nested, "mpath_register")
+    assert register["rc"] == 0, register
+    for full in step(nested, "mpath_full_status"):
+        assert full["rc"] == 0, full
+        entries = re.split(r"\n\s*Key=", full["out"])[1:]
+        ours = [e for e in entries if e.startswith(MAP_KEY)]
+        initiators = {m.lower() for e in ours
+                      for m in re.findall(r"SAS address: (0x[0-9a-fA-F]+)", e)}
+        assert initiators == {"0x50014050000000b1", "0x50014050000000c1"}, full["out"]
 
 
 def test_a_helper_back_within_the_reconnect_window(nested: dict[str, Any]) -> None:
