@@ -57,7 +57,8 @@ QMP_SOCK = "/tmp/nested-qmp.sock"
 CTL_SOCK = "/tmp/nested-ctl.sock"
 KEY = "0xabc1"
 MAP_KEY = "0xabc2"  #: the guest's key on its second disk, the dm-multipath map
-BOOT_TIMEOUT_S = 200.0
+#: a hang guard: the nested boot is emulation inside emulation, minutes on a busy host
+BOOT_TIMEOUT_S = 900.0
 COMMAND_TIMEOUT_S = 60.0
 QMP_TIMEOUT_S = 120.0
 

@@ -29,7 +29,7 @@ import pytest
 from lab import labvm, nested_build
 
 REPO = Path(__file__).resolve().parent.parent
-GUEST_TIMEOUT_S = 600.0  # a real restart of prguard in the emulated guest is in it
+GUEST_TIMEOUT_S = 1800.0  # a hang guard; a real restart of prguard in the emulated guest is in it
 KEY = "0xabc1"
 MAP_KEY = "0xabc2"
 # spec 4.3: what the guest sees when the helper is gone (QEMU >= 5.2 maps the errno):
