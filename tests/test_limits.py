@@ -532,7 +532,10 @@ def test_a_flood_from_many_processes_cannot_keep_a_fresh_client_out(
     lines = helper.stderr_text().splitlines()
     made_room = [line for line in lines if "to make room for" in line]
     refused = [line for line in lines if "connection refused" in line]
-    assert made_room and all(" uid 0 " in line for line in made_room), lines
+    # Whichever comes first in the flood's window, a connection of uid 0 refused or
+    # closed to make room, says so for that uid; the rest of the window is held back.
+    said = made_room + refused
+    assert said and all(" uid 0 " in line for line in said), lines
     # 96 connections tried against 40 slots, each one refused or evicting: per uid
     # and window, one line each says so, and a later one how many were held back.
-    assert len(made_room) + len(refused) <= 4, lines
+    assert len(said) <= 4, lines
